@@ -1,0 +1,1 @@
+"""amaformer.boards"""

@@ -1,0 +1,44 @@
+"""Cycle models of the hardware components, exact for unstalled streams.
+
+Each model counts clock edges from the edge that samples ``start`` to the edge that raises
+``done``, with inputs always valid and outputs always ready; tests check them against the
+RTL cycle for cycle.
+"""
+
+__all__ = ["linear_cycles", "linear_macs", "linear_utilization"]
+
+#: LinearEngine: cycles from issuing the last k of a group until the lanes may issue the last k
+#: of the next group, beyond the drain of the group's columns (one column per cycle).
+LINEAR_HOLD_LATENCY = 3
+#: LinearEngine: cycles from the last issue to ``done``, beyond the drain of the last group.
+LINEAR_TAIL = 8
+
+
+def linear_cycles(m, k, n, lanes):
+    """Cycles of one ``M×K @ K×N`` job on a ``lanes``-lane :class:`LinearEngine`.
+
+    The lanes issue one k per cycle (``M·ceil(N/lanes)·K`` issues). The last k of a group can
+    only issue once the previous group's accumulators have left the holding register, which
+    takes ``LINEAR_HOLD_LATENCY + columns`` cycles after that group's last issue, so very short
+    K stalls. The job ends ``LINEAR_TAIL + columns`` cycles after the last issue.
+    """
+    if min(m, k, n) <= 0:
+        return 2
+    groups = [min(lanes, n - c) for c in range(0, n, lanes)]
+    t = 0               # cycle of the latest last-k issue (first issue is in cycle 1)
+    release = 0         # first cycle in which the holding register is free again
+    for _ in range(m):
+        for cnt in groups:
+            t = max(t + k, release)
+            release = t + LINEAR_HOLD_LATENCY + cnt
+    return t + LINEAR_TAIL + groups[-1]
+
+
+def linear_macs(m, k, n):
+    """Useful multiply-accumulates of an ``M×K @ K×N`` job."""
+    return m * k * n
+
+
+def linear_utilization(m, k, n, lanes):
+    """Useful MACs / (lanes × cycles)."""
+    return linear_macs(m, k, n) / (lanes * linear_cycles(m, k, n, lanes))

@@ -1,0 +1,103 @@
+"""Building blocks shared by the engines: a memory write-port signature and the requantizer."""
+
+from amaranth import *
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["MemWriteSignature", "RequantParams", "Requantizer"]
+
+#: Per-column requantization word: bias (accumulator units), multiplier M, shift S.
+RequantParams = data.StructLayout({
+    "bias":  signed(32),
+    "mult":  unsigned(16),
+    "shift": unsigned(6),
+})
+
+
+class MemWriteSignature(wiring.Signature):
+    """Write port of an on-chip memory, from the writer's side.
+
+    Members
+    -------
+    addr : ``Out(range(depth))``
+    data : ``Out(shape)``
+    en : ``Out(width // granularity)``
+        One enable per ``granularity`` bits (one enable when ``granularity`` is ``None``).
+    """
+
+    def __init__(self, depth, shape, granularity=None):
+        width = Shape.cast(shape).width
+        if granularity is not None and width % granularity:
+            raise ValueError(f"granularity must divide the data width {width}, "
+                             f"not {granularity!r}")
+        self.depth = depth
+        super().__init__({
+            "addr": Out(range(depth)),
+            "data": Out(shape),
+            "en":   Out(1 if granularity is None else width // granularity),
+        })
+
+
+class Requantizer(wiring.Component):
+    """``y = clamp(((acc + bias) · mult + R) >> shift)``, ``R = 2^(shift-1)`` (0 when shift = 0).
+
+    Round half up, saturating to ``out_bits`` signed; bit-exact with
+    :func:`amaformer.gen.numerics.requantize` applied to ``acc + bias``.
+
+    Parameters
+    ----------
+    acc_width : int
+        Signed width of ``acc``.
+    out_bits : int
+        Signed width of ``y``.
+
+    Members
+    -------
+    i : ``In(stream.Signature(...))``
+        Payload ``acc`` (``signed(acc_width)``) and ``params`` (:data:`RequantParams`).
+    o : ``Out(stream.Signature(signed(out_bits)))``
+    busy : ``Out(1)``
+        A value is inside the pipeline (not counting ``o``).
+
+    Latency 3 cycles from an ``i`` transfer to ``o.valid``; one value per cycle; the whole
+    pipeline stalls while ``o`` is valid and not ready.
+    """
+
+    LATENCY = 3
+
+    def __init__(self, acc_width, out_bits=8):
+        self.acc_width = acc_width
+        self.out_bits = out_bits
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "acc": signed(acc_width), "params": RequantParams}))),
+            "o": Out(stream.Signature(signed(out_bits))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+
+        sum_w = max(self.acc_width, 32) + 1
+        v1, v2 = Signal(), Signal()
+        s1 = Signal(signed(sum_w))
+        mult1 = Signal(16)
+        shift1, shift2 = Signal(6), Signal(6)
+        p2 = Signal(signed(sum_w + 17))
+        lo, hi = -(1 << (self.out_bits - 1)), (1 << (self.out_bits - 1)) - 1
+        with m.If(en):
+            par = self.i.payload.params
+            m.d.sync += [v1.eq(self.i.valid), s1.eq(self.i.payload.acc + par.bias),
+                         mult1.eq(par.mult), shift1.eq(par.shift)]
+            m.d.sync += [v2.eq(v1), p2.eq(s1 * mult1), shift2.eq(shift1)]
+            rnd = (C(1, 64) << shift2)[1:]
+            shifted = Signal(signed(len(p2) + 1))
+            m.d.comb += shifted.eq((p2 + rnd) >> shift2)
+            m.d.sync += [
+                self.o.valid.eq(v2),
+                self.o.payload.eq(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted))),
+            ]
+        m.d.comb += self.busy.eq(v1 | v2)
+        return m
