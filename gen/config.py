@@ -61,7 +61,7 @@ class LinearConfig:
     lanes: int = 8
     dsp_lanes: int | None = None
     max_k: int = 512
-    max_n: int = 1536
+    max_n: int = 512
     max_m: int = 4096
     weight_depth: int = 1024
     act_bits: int = 8
