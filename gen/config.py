@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ConfigError", "LinearConfig", "UartConfig", "AcceleratorConfig",
+__all__ = ["ConfigError", "LinearConfig", "UartConfig", "AttentionConfig", "AcceleratorConfig",
            "load_config", "save_config", "dump_toml"]
 
 LINEAR_MODES = ("mul", "shift", "bcq")
@@ -38,9 +38,13 @@ class LinearConfig:
     Parameters
     ----------
     mode : str
-        Weight encoding: ``"mul"`` (int8 × int8 multipliers).
+        Weight encoding: ``"mul"`` (int8 × int8 multipliers), ``"shift"`` (power-of-two weights
+        ``sign·2^e``, no multiplier) or ``"bcq"`` (binary-coded planes with power-of-two α, table
+        query and add, no multiplier).
     lanes : int
-        Output columns computed in parallel; one MAC per lane per cycle.
+        ``mul``/``shift``: output columns computed in parallel, one MAC per lane per cycle.
+        ``bcq``: table slots, each covering 8 inputs; ``8·lanes/bcq_bits`` MAC-equivalents per
+        cycle while querying.
     dsp_lanes : int or None
         How many lanes use hardware multipliers (``$mul``, mapped to DSP blocks); the other lanes
         use a shift-and-add multiplier built from logic. ``None`` means all lanes.
@@ -55,7 +59,15 @@ class LinearConfig:
         Weight buffer depth in words of ``lanes`` weights. A job needs
         ``K · ceil(N / lanes) <= weight_depth``; the host splits larger layers over N.
     act_bits, weight_bits : int
-        Signed width of activations (input and output) and of weights, in bits.
+        Signed width of activations (input and output) and of weights, in bits (``mul`` only;
+        ``shift`` weights are 4-bit codes, ``bcq`` weights are bit planes).
+    shift_levels : int
+        ``shift``: number of weight magnitudes ``2^0 .. 2^(shift_levels-1)`` (plus zero), 1 to 7.
+    bcq_bits : int
+        ``bcq``: bit planes q per weight, 1 to 4.
+    bcq_group : int or None
+        ``bcq``: inputs sharing one α (per output column and plane); ``None`` for the whole row.
+        A multiple of the table chunk ``8·lanes``.
     """
     mode: str = "mul"
     lanes: int = 8
@@ -66,12 +78,20 @@ class LinearConfig:
     weight_depth: int = 1024
     act_bits: int = 8
     weight_bits: int = 8
+    shift_levels: int = 7
+    bcq_bits: int = 2
+    bcq_group: int | None = None
 
     def __post_init__(self):
         _check_choice("linear.mode", self.mode, LINEAR_MODES)
-        if self.mode != "mul":
-            raise ConfigError(f"linear.mode {self.mode!r} is not implemented yet; "
-                              f"the implemented modes are 'mul'")
+        _check_int("linear.shift_levels", self.shift_levels, 1, 7)
+        _check_int("linear.bcq_bits", self.bcq_bits, 1, 4)
+        if self.bcq_group is not None:
+            chunk = 8 * self.lanes if isinstance(self.lanes, int) else 8
+            _check_int("linear.bcq_group", self.bcq_group, chunk, 1 << 16)
+            if self.bcq_group % chunk:
+                raise ConfigError(f"linear.bcq_group must be a multiple of 8·lanes = {chunk}, "
+                                  f"not {self.bcq_group!r}")
         _check_int("linear.lanes", self.lanes, 1, 64)
         if self.dsp_lanes is not None:
             _check_int("linear.dsp_lanes", self.dsp_lanes, 0, self.lanes)
@@ -80,7 +100,14 @@ class LinearConfig:
         _check_int("linear.max_m", self.max_m, 1, 1 << 20)
         _check_int("linear.act_bits", self.act_bits, 2, 8)
         _check_int("linear.weight_bits", self.weight_bits, 2, 8)
-        _check_int("linear.weight_depth", self.weight_depth, self.max_k, 1 << 20)
+        _check_int("linear.weight_depth", self.weight_depth,
+                   self.weight_words(self.max_k, 1), 1 << 20)
+
+    @property
+    def weight_code_bits(self):
+        """Bits per weight code as the device reports it (``IDENT`` ``weight_bits``):
+        ``weight_bits`` for mul, 4 for shift, the number of bit planes q for bcq."""
+        return {"shift": 4, "bcq": self.bcq_bits}.get(self.mode, self.weight_bits)
 
     @property
     def hw_lanes(self):
@@ -92,15 +119,25 @@ class LinearConfig:
         _check_int("job M", m, 1, self.max_m)
         _check_int("job K", k, 1, self.max_k)
         _check_int("job N", n, 1, self.max_n)
-        words = k * -(-n // self.lanes)
+        words = self.weight_words(k, n)
         if words > self.weight_depth:
+            what = (f"ceil(K/{8 * self.lanes})·N·q = {words}" if self.mode == "bcq" else
+                    f"K·ceil(N/lanes) = {k}·ceil({n}/{self.lanes}) = {words}")
             raise ConfigError(
-                f"job K·ceil(N/lanes) = {k}·ceil({n}/{self.lanes}) = {words} weight words does "
+                f"job {what} weight words does "
                 f"not fit linear.weight_depth = {self.weight_depth}; split N (at most "
                 f"{self.max_n_for_k(k)} columns for K = {k})")
 
+    def weight_words(self, k, n):
+        """Weight-buffer words an ``M×K @ K×N`` job needs."""
+        if self.mode == "bcq":
+            return -(-k // (8 * self.lanes)) * n * self.bcq_bits
+        return k * -(-n // self.lanes)
+
     def max_n_for_k(self, k):
         """Largest N whose weights fit the buffer for reduction length ``k``."""
+        if self.mode == "bcq":
+            return min(self.max_n, self.weight_depth // self.weight_words(k, 1))
         return min(self.max_n, (self.weight_depth // k) * self.lanes)
 
 
@@ -119,6 +156,91 @@ class UartConfig:
         _check_int("uart.baud", self.baud, 1200, 12_000_000)
 
 
+ATTENTION_MODES = ("softmax", "linear_causal", "linear_angular")
+
+
+@dataclass(frozen=True)
+class AttentionConfig:
+    """Parameters of the streaming attention kernel (:mod:`amaformer.hdl.attention`).
+
+    Parameters
+    ----------
+    mode : str
+        ``"softmax"`` (online softmax, optional causal and fixed sparse masks),
+        ``"linear_causal"`` (running state ``Σ φ(k)ᵀv``, O(1) work per token) or
+        ``"linear_angular"`` (Castling-ViT ``0.5·V + (1/π)·q̂(k̂ᵀV)``).
+    heads, head_dim, max_tokens : int
+        Largest number of heads, head dimension d and tokens N of a job.
+    lanes : int
+        ``softmax``: queries processed together; each lane has a score MAC and a weighted-sum
+        MAC (``2·lanes`` MAC units). Linear modes: MACs of the state update.
+    exp_frac_bits : int
+        Fractional bits F of the base-2 logit; the exp2 table has ``2^F`` entries.
+    p_bits : int
+        Fractional bits of the probabilities (``p_bits + 1``-bit table entries).
+    recip_table_bits, recip_bits, recip_mant_bits : int
+        Reciprocal: seed-table index bits, result fractional bits, normalized input bits.
+    guard_bits : int
+        Fractional bits kept between normalization and the final requantization.
+    causal : bool
+        Causal masking (``softmax``: keys after the query are skipped).
+    sparse : bool
+        ``softmax``: a fixed sparse mask decides per block which keys stream past which lanes.
+    conv_taps : int
+        Linear modes: taps of the depthwise convolution over V along tokens (0: none).
+    """
+    mode: str = "softmax"
+    heads: int = 12
+    head_dim: int = 32
+    max_tokens: int = 256
+    lanes: int = 4
+    exp_frac_bits: int = 6
+    p_bits: int = 12
+    recip_table_bits: int = 6
+    recip_bits: int = 15
+    recip_mant_bits: int = 16
+    guard_bits: int = 8
+    causal: bool = False
+    sparse: bool = False
+    conv_taps: int = 0
+
+    def __post_init__(self):
+        _check_choice("attention.mode", self.mode, ATTENTION_MODES)
+        _check_int("attention.heads", self.heads, 1, 256)
+        _check_int("attention.head_dim", self.head_dim, 1, 256)
+        _check_int("attention.max_tokens", self.max_tokens, 1, 1 << 16)
+        _check_int("attention.lanes", self.lanes, 1, 64)
+        _check_int("attention.exp_frac_bits", self.exp_frac_bits, 1, 10)
+        _check_int("attention.p_bits", self.p_bits, 4, 16)
+        _check_int("attention.recip_table_bits", self.recip_table_bits, 2, 10)
+        _check_int("attention.recip_bits", self.recip_bits, 8, 24)
+        _check_int("attention.recip_mant_bits", self.recip_mant_bits,
+                   self.recip_table_bits + 2, 24)
+        _check_int("attention.guard_bits", self.guard_bits, 0, self.recip_bits - 1)
+        _check_int("attention.conv_taps", self.conv_taps, 0, 64)
+        for name in ("causal", "sparse"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"attention.{name} must be true or false, "
+                                  f"not {getattr(self, name)!r}")
+        if self.lanes > self.max_tokens:
+            raise ConfigError(f"attention.lanes must be at most attention.max_tokens = "
+                              f"{self.max_tokens}, not {self.lanes!r}")
+        if self.mode == "softmax" and self.conv_taps:
+            raise ConfigError(f"attention.conv_taps must be 0 in mode 'softmax' (the convolution "
+                              f"belongs to the linear modes), not {self.conv_taps!r}")
+        if self.mode != "softmax" and self.sparse:
+            raise ConfigError(f"attention.sparse must be false in mode {self.mode!r} "
+                              f"(sparse masks apply to 'softmax'), not True")
+        if self.mode == "linear_angular" and self.causal:
+            raise ConfigError("attention.causal must be false in mode 'linear_angular' "
+                              "(k̂ᵀV sums over all tokens), not True")
+        if self.mode == "linear_causal" and not self.causal:
+            raise ConfigError("attention.causal must be true in mode 'linear_causal', not False")
+        if self.conv_taps > self.max_tokens:
+            raise ConfigError(f"attention.conv_taps must be at most attention.max_tokens = "
+                              f"{self.max_tokens}, not {self.conv_taps!r}")
+
+
 @dataclass(frozen=True)
 class AcceleratorConfig:
     """Everything needed to generate, build and drive one accelerator.
@@ -133,12 +255,14 @@ class AcceleratorConfig:
         Requested core clock in MHz; ``None`` uses the board's oscillator.
     linear : LinearConfig
     uart : UartConfig
+    attention : AttentionConfig
     """
     name: str = "amaformer"
     board: str = "icebreaker"
     clock_mhz: float | None = None
     linear: LinearConfig = field(default_factory=LinearConfig)
     uart: UartConfig = field(default_factory=UartConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -150,7 +274,8 @@ class AcceleratorConfig:
                 or not 1 <= self.clock_mhz <= 500):
             raise ConfigError(f"clock_mhz must be a number in [1, 500] or absent, "
                               f"not {self.clock_mhz!r}")
-        for name, cls in (("linear", LinearConfig), ("uart", UartConfig)):
+        for name, cls in (("linear", LinearConfig), ("uart", UartConfig),
+                          ("attention", AttentionConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, not {getattr(self, name)!r}")
 
@@ -186,7 +311,7 @@ def _from_dict(cls, d, prefix):
         raise ConfigError(str(e)) from None
 
 
-_SECTIONS = {"linear": LinearConfig, "uart": UartConfig}
+_SECTIONS = {"linear": LinearConfig, "uart": UartConfig, "attention": AttentionConfig}
 
 
 def _to_dict(obj):

@@ -5,13 +5,15 @@ Each model counts clock edges from the edge that samples ``start`` to the edge t
 RTL cycle for cycle.
 """
 
-__all__ = ["linear_cycles", "linear_macs", "linear_utilization"]
+__all__ = ["linear_cycles", "linear_macs", "linear_utilization", "shift_cycles", "bcq_cycles",
+           "bcq_macs_per_cycle"]
 
 #: LinearEngine: cycles from issuing the last k of a group until the lanes may issue the last k
 #: of the next group, beyond the drain of the group's columns (one column per cycle).
-LINEAR_HOLD_LATENCY = 3
-#: LinearEngine: cycles from the last issue to ``done``, beyond the drain of the last group.
-LINEAR_TAIL = 8
+LINEAR_HOLD_LATENCY = 4
+#: LinearEngine: cycles from the last issue to ``done``, beyond the drain of the last group
+#: (6 + the latency of its six-stage ``PipelinedRequantizer``).
+LINEAR_TAIL = 12
 
 
 def linear_cycles(m, k, n, lanes):
@@ -42,3 +44,34 @@ def linear_macs(m, k, n):
 def linear_utilization(m, k, n, lanes):
     """Useful MACs / (lanes × cycles)."""
     return linear_macs(m, k, n) / (lanes * linear_cycles(m, k, n, lanes))
+
+
+def shift_cycles(m, k, n, lanes):
+    """Cycles of one job on a ``ShiftEngine``: the ``LinearEngine`` dataflow, so
+    :func:`linear_cycles`."""
+    return linear_cycles(m, k, n, lanes)
+
+
+#: BcqEngine: cycles from the last query issue to ``done`` (pipeline, requantizer, y).
+BCQ_TAIL = 13
+
+
+def bcq_cycles(m, k, n, slots, planes):
+    """Cycles of one ``M×K @ K×N`` job on a :class:`~amaformer.hdl.shiftadd.BcqEngine`.
+
+    Per row and per chunk of ``8·slots`` inputs: a table build of ``8·slots + 255`` cycles
+    (one more when ``slots == 1`` and queries precede it, which must leave the tables first),
+    then ``N·planes`` query cycles; the job ends ``BCQ_TAIL`` cycles after the last query.
+    """
+    if min(m, k, n) <= 0:
+        return 2
+    chunks = -(-k // (8 * slots))
+    build = 8 * slots + 255
+    wait = 1 if slots == 1 else 0
+    total = m * chunks * (build + n * planes) + (m * chunks - 1) * wait
+    return total + BCQ_TAIL
+
+
+def bcq_macs_per_cycle(slots, planes):
+    """Peak MAC-equivalents per cycle while querying: ``8·slots / planes``."""
+    return 8 * slots / planes

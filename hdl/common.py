@@ -4,7 +4,8 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["MemWriteSignature", "RequantParams", "Requantizer"]
+__all__ = ["check_int", "linear_engine_ports", "MemWriteSignature", "RequantParams",
+           "Requantizer"]
 
 #: Per-column requantization word: bias (accumulator units), multiplier M, shift S.
 RequantParams = data.StructLayout({
@@ -12,6 +13,47 @@ RequantParams = data.StructLayout({
     "mult":  unsigned(16),
     "shift": unsigned(6),
 })
+
+
+def check_int(name, value, lo, hi=None):
+    """Raise ``ValueError`` unless ``value`` is an ``int`` (not a ``bool``) in ``[lo, hi]``.
+
+    The message names the parameter, what is allowed and the value, e.g.
+    ``lanes must be a positive integer, not 0``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < lo or (
+            hi is not None and value > hi):
+        if hi is not None:
+            allowed = f"an integer in [{lo}, {hi}]"
+        elif lo == 1:
+            allowed = "a positive integer"
+        else:
+            allowed = f"an integer of at least {lo}"
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+
+
+def linear_engine_ports(*, act_bits, max_m, max_k, max_n, weight_depth, weight_word,
+                        weight_granularity):
+    """Signature members shared by every linear engine (``mul``, ``shift``, ``bcq``), so that
+    the top and the host driver use any of them unchanged.
+
+    ``x``/``y`` are the activation and output streams (``signed(act_bits)``), ``start``/``m``/
+    ``k``/``n``/``busy``/``done`` the job control, ``w_wr`` the weight buffer write port
+    (``weight_depth`` words of ``weight_word`` bits, one enable per ``weight_granularity`` bits)
+    and ``p_wr`` the per-column :data:`RequantParams` write port.
+    """
+    return {
+        "x":     In(stream.Signature(signed(act_bits))),
+        "y":     Out(stream.Signature(signed(act_bits))),
+        "start": In(1),
+        "m":     In(range(max_m + 1)),
+        "k":     In(range(max_k + 1)),
+        "n":     In(range(max_n + 1)),
+        "busy":  Out(1),
+        "done":  Out(1),
+        "w_wr":  In(MemWriteSignature(weight_depth, weight_word, weight_granularity)),
+        "p_wr":  In(MemWriteSignature(max_n, RequantParams.size)),
+    }
 
 
 class MemWriteSignature(wiring.Signature):

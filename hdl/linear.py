@@ -16,24 +16,104 @@ walks the column groups; in each group every lane accumulates one output column 
 """
 
 from amaranth import *
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
-from .common import MemWriteSignature, RequantParams, Requantizer
+from .common import RequantParams, Requantizer, check_int, linear_engine_ports
 
-__all__ = ["LinearEngine", "lut_multiply"]
+__all__ = ["LinearEngine", "PipelinedRequantizer", "lut_multiply"]
 
 
 def lut_multiply(a, b):
     """Signed ``a × b`` as a sum of shifted partial products, so synthesis builds it from logic
-    (adders) instead of a hardware multiplier. Same value as ``a * b``."""
+    (adders) instead of a hardware multiplier. Same value as ``a * b``.
+
+    The partial products (the top one negated, as ``b`` is two's complement) are summed as a
+    balanced tree, ``ceil(log2(len(b)))`` adders deep rather than a chain of ``len(b) - 1``:
+    on iCE40 this is what lets logic lanes keep up with the DSP lanes' clock."""
     terms = [Mux(b[i], a.as_signed() << i, 0) for i in range(len(b) - 1)]
-    top = Mux(b[-1], a.as_signed() << (len(b) - 1), 0)
-    total = terms[0] if terms else C(0, 1)
-    for t in terms[1:]:
-        total = total + t
-    return (total - top)[:len(a) + len(b)].as_signed()
+    terms.append(Mux(b[-1], -(a.as_signed() << (len(b) - 1)), 0))
+    while len(terms) > 1:
+        terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                 for i in range(0, len(terms), 2)]
+    return terms[0][:len(a) + len(b)].as_signed()
+
+
+def lut_multiply_partials(a, b):
+    """Two half-sums of :func:`lut_multiply`'s partial products (bits ``0..h-1`` of ``b`` and
+    the rest, ``h = len(b) // 2``): ``sum == a × b``. The engine registers them and adds them
+    one stage later, so that a logic multiplier spans two pipeline stages."""
+    h = len(b) // 2
+    lo_terms = [Mux(b[i], a.as_signed() << i, 0) for i in range(h)] or [C(0, 1)]
+    hi_terms = [Mux(b[i], a.as_signed() << i, 0) for i in range(h, len(b) - 1)]
+    hi_terms.append(Mux(b[-1], -(a.as_signed() << (len(b) - 1)), 0))
+    sums = []
+    for terms in (lo_terms, hi_terms):
+        while len(terms) > 1:
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i]
+                     for i in range(0, len(terms), 2)]
+        sums.append(terms[0])
+    return sums
+
+
+class PipelinedRequantizer(Requantizer):
+    """:class:`~amaformer.hdl.common.Requantizer` in six pipeline stages instead of three.
+
+    Same ports, arithmetic, rounding (half up), saturation and stall behaviour; only the
+    latency differs: ``LATENCY = 6`` cycles from an ``i`` transfer to ``o.valid``. The
+    three-stage version computes the 33×16-bit product, and the 64-bit round, shift and clamp,
+    in one cycle each, which holds an iCE40UP5K at about 14 MHz. Here:
+
+    1. ``s = acc + bias``
+    2. ``lo = s[0:16]·mult``, ``hi = s[16:]·mult`` (one 16×16 ``SB_MAC16`` each on iCE40)
+    3. ``p = hi·2^16 + lo`` (``= s·mult``)
+    4. ``t = (2p) >> shift`` (arithmetic)
+    5. saturation flags ``t >= 2^(B+1) - 1`` and ``t <= -2^(B+1) - 2``, and ``t``'s low bits
+    6. ``y = (t + 1) >> 1``, or the rail
+
+    Step 6 is round half up: ``((2p >> s) + 1) >> 1 = (p + 2^(s-1)) >> s`` for ``s >= 1``, and
+    ``p`` for ``s = 0``, so no 64-bit rounding adder is needed (``B`` is ``out_bits - 1``).
+    """
+
+    LATENCY = 6
+
+    def elaborate(self, platform):
+        m = Module()
+        en = Signal()
+        m.d.comb += [en.eq(~self.o.valid | self.o.ready), self.i.ready.eq(en)]
+
+        ob = self.out_bits
+        sum_w = max(self.acc_width, 32) + 1
+        prod_w = sum_w + 17
+        valid = [Signal(name=f"v{i}") for i in range(1, 6)]
+        shift = [Signal(6, name=f"shift{i}") for i in range(1, 4)]
+        s1 = Signal(signed(sum_w))
+        mult1 = Signal(16)
+        lo2 = Signal(32)
+        hi2 = Signal(signed(sum_w - 16 + 17))
+        p3 = Signal(signed(prod_w))
+        t4 = Signal(signed(prod_w + 1))
+        sat_hi5, sat_lo5 = Signal(), Signal()
+        t5 = Signal(signed(ob + 2))
+        y_max, y_min = (1 << (ob - 1)) - 1, -(1 << (ob - 1))
+        with m.If(en):
+            par = self.i.payload.params
+            m.d.sync += [valid[0].eq(self.i.valid), shift[0].eq(par.shift)]
+            m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, 5)]
+            m.d.sync += [shift[i].eq(shift[i - 1]) for i in range(1, 3)]
+            r6 = (t5 + 1) >> 1
+            m.d.sync += [
+                s1.eq(self.i.payload.acc + par.bias), mult1.eq(par.mult),
+                lo2.eq(s1[:16] * mult1), hi2.eq(s1[16:].as_signed() * mult1),
+                p3.eq((hi2 << 16) + lo2),
+                t4.eq((p3 << 1) >> shift[2]),
+                sat_hi5.eq(t4 >= 2 * y_max + 1), sat_lo5.eq(t4 <= 2 * y_min - 2),
+                t5.eq(t4[:ob + 2]),
+                self.o.valid.eq(valid[4]),
+                self.o.payload.eq(Mux(sat_hi5, y_max, Mux(sat_lo5, y_min, r6))),
+            ]
+        m.d.comb += self.busy.eq(Cat(*valid).any())
+        return m
 
 
 class LinearEngine(wiring.Component):
@@ -82,26 +162,28 @@ class LinearEngine(wiring.Component):
     Latency: with X always valid and Y always ready, a job takes the number of cycles given by
     :func:`amaformer.gen.cost.linear_cycles` from ``start`` to ``done``: ``M·ceil(N/lanes)·K``
     issue cycles plus stalls when ``K`` is shorter than the drain of a group, plus a tail of
-    ``DRAIN_LATENCY + lanes`` cycles.
+    ``LINEAR_TAIL + lanes`` cycles (:mod:`amaformer.gen.cost`).
+
+    Pipeline (for fmax on small FPGAs): issue; operands from memory; partial products
+    (:meth:`lane_partials`); product; accumulate; then, per column, fetch and the six-stage
+    :class:`PipelinedRequantizer`. The issue decision reads only registered flags.
     """
 
     #: cycles from issuing the last k of a group to its first value entering the requantizer
-    HANDOFF_LATENCY = 3
+    HANDOFF_LATENCY = 4
 
     def __init__(self, *, lanes=8, max_k=512, max_n=1536, max_m=4096, weight_depth=1024,
                  act_bits=8, weight_bits=8, hw_lanes=None):
         for name, value in (("lanes", lanes), ("max_k", max_k), ("max_n", max_n),
                             ("max_m", max_m), ("weight_depth", weight_depth),
                             ("act_bits", act_bits), ("weight_bits", weight_bits)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+            check_int(name, value, 1)
         if weight_depth < max_k:
             raise ValueError(f"weight_depth must be at least max_k ({max_k}), "
                              f"not {weight_depth!r}")
         if hw_lanes is None:
             hw_lanes = lanes
-        if not isinstance(hw_lanes, int) or not 0 <= hw_lanes <= lanes:
-            raise ValueError(f"hw_lanes must be an integer in [0, {lanes}], not {hw_lanes!r}")
+        check_int("hw_lanes", hw_lanes, 0, lanes)
         self.lanes = lanes
         self.max_k = max_k
         self.max_n = max_n
@@ -110,20 +192,28 @@ class LinearEngine(wiring.Component):
         self.act_bits = act_bits
         self.weight_bits = weight_bits
         self.hw_lanes = hw_lanes
-        self.acc_width = act_bits + weight_bits + ceil_log2(max_k)
+        self.acc_width = self.product_width() + ceil_log2(max_k)
         self.params_layout = RequantParams
-        super().__init__({
-            "x":     In(stream.Signature(signed(act_bits))),
-            "y":     Out(stream.Signature(signed(act_bits))),
-            "start": In(1),
-            "m":     In(range(max_m + 1)),
-            "k":     In(range(max_k + 1)),
-            "n":     In(range(max_n + 1)),
-            "busy":  Out(1),
-            "done":  Out(1),
-            "w_wr":  In(MemWriteSignature(weight_depth, lanes * weight_bits, weight_bits)),
-            "p_wr":  In(MemWriteSignature(max_n, RequantParams.size)),
-        })
+        super().__init__(linear_engine_ports(
+            act_bits=act_bits, max_m=max_m, max_k=max_k, max_n=max_n, weight_depth=weight_depth,
+            weight_word=lanes * weight_bits, weight_granularity=weight_bits))
+
+    def product_width(self):
+        """Signed width of one lane's product (subclasses with other weight codes override)."""
+        return self.act_bits + self.weight_bits
+
+    def lane_product(self, x, w, j):
+        """Product of activation ``x`` and weight code ``w`` in lane ``j`` (a hook for
+        subclasses with other weight encodings, e.g. ``shiftadd.ShiftEngine``)."""
+        return x * w if j < self.hw_lanes else lut_multiply(x, w)
+
+    def lane_partials(self, x, w, j):
+        """Terms whose sum is lane ``j``'s product: registered in one pipeline stage, added in
+        the next. Logic-multiplier lanes give two half-sums (:func:`lut_multiply_partials`);
+        DSP lanes, and subclasses that override :meth:`lane_product`, give one term."""
+        if j >= self.hw_lanes and type(self).lane_product is LinearEngine.lane_product:
+            return lut_multiply_partials(x, w)
+        return [self.lane_product(x, w, j)]
 
     def elaborate(self, platform):
         m = Module()
@@ -157,9 +247,18 @@ class LinearEngine(wiring.Component):
         wbase = Signal(range(self.weight_depth + self.max_k))  # word address of (group, k=0)
         issuing = Signal()                     # rows remain to be issued
 
-        last_k = kk == job_k - 1
-        last_group = col + L >= job_n
-        group0 = col == 0
+        # Position flags, kept as registers so that the issue decision does not wait on adders
+        # and comparators (the engine's critical path otherwise). Down-counters of what is
+        # left make each next flag a comparison with a constant.
+        k_left = Signal.like(self.k)           # k values left in the group, this one included
+        n_left = Signal.like(self.n)           # columns left in the row, this group included
+        m_left = Signal.like(self.m)           # rows left, this one included
+        last_k = Signal()                      # k_left == 1
+        last_group = Signal()                  # n_left <= L
+        last_row = Signal()                    # m_left == 1
+        group0 = Signal()                      # col == 0
+        k_is_1 = Signal()                      # job_k == 1
+        n_in_1 = Signal()                      # job_n <= L (a single group per row)
 
         # Holding register: reserved when the last k of a group issues, full when it lands,
         # free again when the drain has taken its last column.
@@ -185,15 +284,19 @@ class LinearEngine(wiring.Component):
 
         with m.If(issue):
             with m.If(last_k):
-                m.d.sync += [kk.eq(0), hold_resv.eq(1)]
+                m.d.sync += [kk.eq(0), k_left.eq(job_k), last_k.eq(k_is_1), hold_resv.eq(1)]
                 with m.If(last_group):
-                    m.d.sync += [col.eq(0), wbase.eq(0), row.eq(row + 1)]
-                    with m.If(row == job_m - 1):
+                    m.d.sync += [col.eq(0), wbase.eq(0), row.eq(row + 1),
+                                 n_left.eq(job_n), group0.eq(1), last_group.eq(n_in_1),
+                                 m_left.eq(m_left - 1), last_row.eq(m_left == 2)]
+                    with m.If(last_row):
                         m.d.sync += issuing.eq(0)
                 with m.Else():
-                    m.d.sync += [col.eq(col + L), wbase.eq(wbase + job_k)]
+                    m.d.sync += [col.eq(col + L), wbase.eq(wbase + job_k),
+                                 n_left.eq(n_left - L), group0.eq(0),
+                                 last_group.eq(n_left <= 2 * L)]
             with m.Else():
-                m.d.sync += kk.eq(kk + 1)
+                m.d.sync += [kk.eq(kk + 1), k_left.eq(k_left - 1), last_k.eq(k_left == 2)]
 
         # --- stage 1: operands arrive (memory read latency 1) --------------------------------
         v1 = Signal()
@@ -205,11 +308,28 @@ class LinearEngine(wiring.Component):
         x_d = Signal(signed(self.act_bits))
         m.d.sync += [
             v1.eq(issue), first1.eq(kk == 0), last1.eq(last_k), g0_1.eq(group0), col1.eq(col),
-            cnt1.eq(Mux(last_group, job_n - col, L)), x_d.eq(self.x.payload),
+            cnt1.eq(Mux(last_group, n_left, L)), x_d.eq(self.x.payload),
         ]
         x1 = Mux(g0_1, x_d, x_r.data)
         w1 = [w_r.data[j * self.weight_bits:(j + 1) * self.weight_bits].as_signed()
               for j in range(L)]
+
+        # --- stage 2a: partial products registered -------------------------------------------
+        v2a = Signal()
+        first2a = Signal()
+        last2a = Signal()
+        col2a = Signal.like(col)
+        cnt2a = Signal.like(cnt1)
+        m.d.sync += [v2a.eq(v1), first2a.eq(first1), last2a.eq(last1), col2a.eq(col1),
+                     cnt2a.eq(cnt1)]
+        parts = []
+        for j in range(L):
+            regs = []
+            for i, term in enumerate(self.lane_partials(x1, w1[j], j)):
+                reg = Signal(signed(len(term) + 1), name=f"part{j}_{i}")
+                m.d.sync += reg.eq(term)
+                regs.append(reg)
+            parts.append(regs)
 
         # --- stage 2: products registered ----------------------------------------------------
         v2 = Signal()
@@ -217,13 +337,15 @@ class LinearEngine(wiring.Component):
         last2 = Signal()
         col2 = Signal.like(col)
         cnt2 = Signal.like(cnt1)
-        prod = [Signal(signed(self.act_bits + self.weight_bits), name=f"prod{j}")
+        prod = [Signal(signed(self.product_width()), name=f"prod{j}")
                 for j in range(L)]
-        m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), col2.eq(col1),
-                     cnt2.eq(cnt1)]
+        m.d.sync += [v2.eq(v2a), first2.eq(first2a), last2.eq(last2a), col2.eq(col2a),
+                     cnt2.eq(cnt2a)]
         for j in range(L):
-            p = x1 * w1[j] if j < self.hw_lanes else lut_multiply(x1, w1[j])
-            m.d.sync += prod[j].eq(p)
+            total = parts[j][0]
+            for reg in parts[j][1:]:
+                total = total + reg
+            m.d.sync += prod[j].eq(total)
 
         # --- stage 3: accumulate; hand the group to the holding register ---------------------
         acc = [Signal(signed(self.acc_width), name=f"acc{j}") for j in range(L)]
@@ -237,7 +359,7 @@ class LinearEngine(wiring.Component):
                 m.d.sync += [hold_full.eq(1), hold_col.eq(col2), hold_cnt.eq(cnt2)]
 
         # --- drain: holding register -> requantizer -> y -------------------------------------
-        m.submodules.rq = rq = Requantizer(self.acc_width, self.act_bits)
+        m.submodules.rq = rq = PipelinedRequantizer(self.acc_width, self.act_bits)
         wiring.connect(m, rq.o, wiring.flipped(self.y))
         # Fetch stage: picks column ``di`` of the holding register and reads its parameters
         # (synchronous read, so they can live in block RAM).
@@ -263,7 +385,7 @@ class LinearEngine(wiring.Component):
                 m.d.sync += di.eq(di + 1)
 
         # --- job control ---------------------------------------------------------------------
-        idle_pipe = ~issuing & ~v1 & ~v2 & ~hold_resv & ~f_valid & ~rq.busy & ~self.y.valid
+        idle_pipe = ~issuing & ~v1 & ~v2a & ~v2 & ~hold_resv & ~f_valid & ~rq.busy & ~self.y.valid
         with m.If(~self.busy):
             with m.If(self.start):
                 empty = (self.m == 0) | (self.k == 0) | (self.n == 0)
@@ -271,6 +393,10 @@ class LinearEngine(wiring.Component):
                     job_m.eq(self.m), job_k.eq(self.k), job_n.eq(self.n),
                     row.eq(0), kk.eq(0), col.eq(0), wbase.eq(0),
                     issuing.eq(~empty), self.busy.eq(1),
+                    k_left.eq(self.k), n_left.eq(self.n), m_left.eq(self.m),
+                    last_k.eq(self.k == 1), k_is_1.eq(self.k == 1),
+                    last_group.eq(self.n <= L), n_in_1.eq(self.n <= L),
+                    last_row.eq(self.m == 1), group0.eq(1),
                 ]
         with m.Elif(idle_pipe):
             m.d.sync += [self.busy.eq(0), self.done.eq(1)]

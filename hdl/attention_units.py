@@ -1,0 +1,161 @@
+"""Fixed-point units of the softmax datapath: base-2 exponent and reciprocal.
+
+Both are fixed-latency pipelines advanced by ``en`` (like a DSP block with clock enable): the
+result of the input presented in a cycle with ``en`` high appears ``LATENCY`` enabled cycles
+later. Their arithmetic is bit-exact with :func:`amaformer.gen.attention.exp2_fixed` and
+:func:`amaformer.gen.attention.recip_fixed`; the tables are computed here from the same formulas.
+"""
+
+import math
+
+from amaranth import *
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["Exp2Unit", "ReciprocalUnit", "rshift_round"]
+
+
+def rshift_round(a, sh, width):
+    """``(a + 2^(sh-1)) >> sh`` (round half up; ``sh = 0`` gives ``a``) for a value ``a``
+    of at most ``width`` bits and a shift signal ``sh``; computed in ``width + 2`` bits."""
+    half = (C(1, width + 2) << sh)[1:]
+    return (a + half) >> sh
+
+
+def _check_pos(name, value, lo=1, hi=None):
+    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (
+            hi is not None and value > hi):
+        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
+        raise ValueError(f"{name} must be {allowed}, not {value!r}")
+
+
+class Exp2Unit(wiring.Component):
+    """``p = 2^(t / 2^F)`` in fixed point, for ``t < 2^F``.
+
+    ``t = ti·2^F + tf`` with ``ti <= 0``; ``p = (T[tf] + 2^(s-1)) >> s``, ``s = min(-ti, PB+2)``
+    (round half up), with the ``2^F``-entry table ``T[tf] = round(2^(PB + tf/2^F))`` in
+    ``[2^PB, 2^(PB+1))``. So ``p`` has ``PB`` fractional bits, is in ``[0, 2^(PB+1))``, and its
+    error is at most half an LSB of the table plus half an LSB of the shift.
+
+    Parameters
+    ----------
+    in_width : int
+        Signed width of ``t``.
+    frac_bits : int
+        ``F``, fractional bits of ``t`` (table index width).
+    p_bits : int
+        ``PB``, fractional bits of ``p``.
+
+    Members
+    -------
+    en : ``In(1)``
+        Advance the pipeline.
+    t : ``In(signed(in_width))``
+        Must be below ``2^F`` (a log2-domain value minus its running integer maximum).
+    p : ``Out(p_bits + 1)``
+
+    Latency ``LATENCY = 2`` enabled cycles.
+    """
+
+    LATENCY = 2
+
+    def __init__(self, *, in_width, frac_bits=6, p_bits=12):
+        _check_pos("frac_bits", frac_bits, 1, 10)
+        _check_pos("p_bits", p_bits, 1, 24)
+        _check_pos("in_width", in_width, frac_bits + 1)
+        self.in_width = in_width
+        self.frac_bits = frac_bits
+        self.p_bits = p_bits
+        n = 1 << frac_bits
+        self.table = [min((1 << (p_bits + 1)) - 1, math.floor(2.0 ** (p_bits + i / n) + 0.5))
+                      for i in range(n)]
+        super().__init__({"en": In(1), "t": In(signed(in_width)), "p": Out(p_bits + 1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        f, pb = self.frac_bits, self.p_bits
+        table = Array(C(v, pb + 1) for v in self.table)
+        neg = Signal(signed(self.in_width + 1))
+        m.d.comb += neg.eq(-(self.t >> f))
+        tval = Signal(pb + 1)
+        sh = Signal(range(pb + 3))
+        with m.If(self.en):
+            m.d.sync += [tval.eq(table[self.t[:f]]),
+                         sh.eq(Mux(neg > pb + 2, pb + 2, neg[:len(sh)]))]
+            m.d.sync += self.p.eq(rshift_round(tval, sh, pb + 2))
+        return m
+
+
+class ReciprocalUnit(wiring.Component):
+    """``(r, e)`` with ``1/l ≈ r · 2^-(RB + e)``, ``e = floor(log2 l)``, for ``l >= 1``.
+
+    ``l`` is normalized to ``MB`` bits ``lm`` in ``[2^(MB-1), 2^MB)`` (low bits truncated); a
+    ``2^TB``-entry table gives the seed ``x0 = round(2^RB / (1 + (i + 0.5)/2^TB))`` indexed by
+    the ``TB`` bits after the leading one; one Newton step gives
+    ``x1 = (x0·(2^(MB+RB) - lm·x0) + 2^(MB+RB-2)) >> (MB-1+RB)``, clamped to ``2^RB``.
+    Relative error of ``r`` against ``2^RB/lm`` below ``2^-13`` with the default
+    ``MB, TB, RB = 16, 6, 15`` (checked over all mantissas), plus ``2^-(MB-1)`` from truncating
+    ``l`` to ``MB`` bits.
+    ``l = 0`` gives ``r = e = 0``.
+
+    Parameters
+    ----------
+    in_width : int
+        Width of the unsigned input ``l``.
+    mant_bits, table_bits, recip_bits : int
+        ``MB``, ``TB``, ``RB`` above.
+
+    Members
+    -------
+    en : ``In(1)``
+    l : ``In(in_width)``
+    r : ``Out(recip_bits + 1)``
+    e : ``Out(range(in_width))``
+
+    Latency ``LATENCY = 4`` enabled cycles.
+    """
+
+    LATENCY = 4
+
+    def __init__(self, *, in_width, mant_bits=16, table_bits=6, recip_bits=15):
+        _check_pos("in_width", in_width, 1, 64)
+        _check_pos("table_bits", table_bits, 1, 12)
+        _check_pos("mant_bits", mant_bits, table_bits + 1, 32)
+        _check_pos("recip_bits", recip_bits, 2, 32)
+        self.in_width = in_width
+        self.mant_bits = mant_bits
+        self.table_bits = table_bits
+        self.recip_bits = recip_bits
+        n = 1 << table_bits
+        self.table = [math.floor((1 << recip_bits) / (1 + (i + 0.5) / n) + 0.5) for i in range(n)]
+        super().__init__({"en": In(1), "l": In(in_width), "r": Out(recip_bits + 1),
+                          "e": Out(range(in_width))})
+
+    def elaborate(self, platform):
+        m = Module()
+        w, mb, tb, rb = self.in_width, self.mant_bits, self.table_bits, self.recip_bits
+        # stage 1: leading one and normalization
+        lead = Signal(range(w))
+        for b in range(w):
+            with m.If(self.l[b]):
+                m.d.comb += lead.eq(b)
+        norm = Signal(w)
+        m.d.comb += norm.eq(self.l << (w - 1 - lead).as_unsigned())
+        lm_c = norm[w - mb:] if w >= mb else Cat(C(0, mb - w), norm)
+        lm1, lm2 = Signal(mb), Signal(mb)
+        e1, e2, e3 = (Signal(range(w)) for _ in range(3))
+        nz1, nz2, nz3 = Signal(), Signal(), Signal()
+        x0_2, x0_3 = Signal(rb + 1), Signal(rb + 1)
+        err3 = Signal(mb + rb + 1)
+        table = Array(C(v, rb + 1) for v in self.table)
+        x1 = Signal(2 * (mb + rb) + 2)
+        m.d.comb += x1.eq((x0_3 * err3 + (1 << (mb + rb - 2))) >> (mb - 1 + rb))
+        with m.If(self.en):
+            m.d.sync += [lm1.eq(lm_c), e1.eq(lead), nz1.eq(self.l != 0)]
+            m.d.sync += [x0_2.eq(table[lm1[mb - 1 - tb:mb - 1]]), lm2.eq(lm1), e2.eq(e1),
+                         nz2.eq(nz1)]
+            m.d.sync += [err3.eq(C(1 << (mb + rb), mb + rb + 1) - lm2 * x0_2), x0_3.eq(x0_2),
+                         e3.eq(e2), nz3.eq(nz2)]
+            m.d.sync += [self.r.eq(Mux(nz3, Mux(x1 > (1 << rb), 1 << rb, x1), 0)),
+                         self.e.eq(Mux(nz3, e3, 0))]
+        return m

@@ -1,0 +1,198 @@
+"""Wire protocol between the host driver and the accelerator top, defined once.
+
+Imported by the gateware (:mod:`amaformer.hdl.top`) and by the host driver
+(:mod:`amaformer.host`), so that opcodes, error codes, address spaces, frame layout and the CRC
+cannot drift apart.
+
+Frames
+------
+Every field is little-endian except the CRC, which is sent most significant byte first (so that
+the receiver's CRC register reaches the residue 0 after the last byte).
+
+Request (host → device), ``REQ_HEADER_BYTES + len + 2`` bytes::
+
+    0xA5 | op:u8 | space:u8 | addr:u32 | len:u16 | payload[len] | crc16 (big-endian)
+
+Response (device → host), ``RSP_HEADER_BYTES + len + 2`` bytes::
+
+    0x5A | status:u8 | op:u8 | len:u16 | payload[len] | crc16 (big-endian)
+
+``len`` always counts the payload bytes that follow the header, for every opcode. The CRC is
+CRC-16/CCITT-FALSE (:data:`CRC16`: polynomial 0x1021, initial value 0xFFFF, no reflection, no
+final XOR) over every byte of the frame from the sync byte to the end of the payload.
+
+Opcodes (:class:`Op`)
+---------------------
+``IDENT``
+    No payload. Response payload: :data:`IDENT_FIELDS` (magic, version, the key parameters of
+    the design), so the host can check that it talks to the design it expects.
+``WRITE``
+    Payload = bytes to write at byte address ``addr`` of ``space``. Word spaces (weights,
+    params) need ``addr`` and ``len`` to be multiples of the space's word size in bytes.
+    The payload is staged on chip and committed only after the CRC of the whole frame checks.
+``READ``
+    Payload = ``count:u16``. Response payload: ``count`` bytes from ``addr`` of ``space``
+    (readable spaces: activations, outputs).
+``RUN``
+    Payload = :data:`DESCRIPTOR_FIELDS` (m, k, n, x_addr, y_addr as u32). Checks the descriptor,
+    starts the job and answers at once; poll ``STATUS`` until ``busy`` clears.
+``STATUS``
+    No payload. Response payload: :data:`STATUS_FIELDS`.
+``ABORT``
+    No payload. Resets the engine and the job state (memories keep their contents).
+
+Error handling
+--------------
+A frame whose bytes stop arriving for ``timeout_cycles`` is dropped with
+:attr:`Status.TRUNCATED`; a frame whose ``len`` exceeds the staging buffer is swallowed until
+the line is quiet for ``timeout_cycles`` and answered with :attr:`Status.LENGTH`; a bad CRC is
+answered with :attr:`Status.CRC` and changes nothing. Bytes outside a frame that are not the
+sync byte are ignored. Nothing is written to any memory unless the whole frame checked.
+"""
+
+import struct
+
+from amaranth.lib import enum
+from amaranth.lib.crc import catalog
+
+__all__ = ["Op", "Status", "Space", "CRC16", "crc16", "REQ_SYNC", "RSP_SYNC",
+           "REQ_HEADER_BYTES", "RSP_HEADER_BYTES", "IDENT_MAGIC", "PROTOCOL_VERSION",
+           "IDENT_FIELDS", "STATUS_FIELDS", "DESCRIPTOR_FIELDS", "MODE_CODES",
+           "word_bytes", "encode_request", "encode_response", "pack_fields", "unpack_fields",
+           "fields_size", "ProtocolError", "parse_response"]
+
+REQ_SYNC = 0xA5             #: first byte of every request
+RSP_SYNC = 0x5A             #: first byte of every response
+REQ_HEADER_BYTES = 9        #: sync, op, space, addr (4), len (2)
+RSP_HEADER_BYTES = 5        #: sync, status, op, len (2)
+IDENT_MAGIC = b"AMAF"
+PROTOCOL_VERSION = 1
+
+#: The frame CRC, used by both sides: ``CRC16.compute(bytes)`` on the host,
+#: ``CRC16.create()`` (a :class:`amaranth.lib.crc.Processor`) in the gateware.
+CRC16 = catalog.CRC16_CCITT_FALSE(data_width=8)
+
+
+class Op(enum.IntEnum, shape=8):
+    """Request opcodes."""
+    IDENT  = 0x01
+    WRITE  = 0x02
+    READ   = 0x03
+    RUN    = 0x04
+    STATUS = 0x05
+    ABORT  = 0x06
+
+
+class Status(enum.IntEnum, shape=8):
+    """Response status (error) codes."""
+    OK         = 0x00
+    CRC        = 0x01   #: the frame's CRC does not match
+    OPCODE     = 0x02   #: unknown opcode
+    ADDRESS    = 0x03   #: unknown space, range past the end, misaligned, or not readable
+    TRUNCATED  = 0x04   #: the frame stopped arriving (inter-byte timeout)
+    DESCRIPTOR = 0x05   #: a job descriptor out of range (dimensions, buffers, weight words)
+    BUSY       = 0x06   #: a job is running; memories and RUN are unavailable until it ends
+    LENGTH     = 0x07   #: payload longer than the staging buffer, or wrong for the opcode
+
+
+class Space(enum.IntEnum, shape=8):
+    """Address spaces (memory map). Addresses are byte addresses within a space."""
+    WEIGHTS = 0x00  #: engine weight buffer, words of ``lanes·weight_bits`` bits (write only)
+    PARAMS  = 0x01  #: per-column requantization words (bias, mult, shift) (write only)
+    ACT     = 0x02  #: activation input memory, one signed byte per element
+    OUT     = 0x03  #: output memory, one signed byte per element (read only)
+
+
+#: Engine modes as reported by ``IDENT``.
+MODE_CODES = {"mul": 0, "shift": 1, "bcq": 2, "attention": 3}
+
+#: ``IDENT`` payload, in order: (name, struct format).
+IDENT_FIELDS = (
+    ("magic", "4s"), ("version", "B"), ("mode", "B"), ("lanes", "B"), ("act_bits", "B"),
+    ("weight_bits", "B"), ("weight_word_bytes", "B"), ("param_word_bytes", "B"),
+    ("max_k", "I"), ("max_n", "I"), ("max_m", "I"), ("weight_depth", "I"),
+    ("act_depth", "I"), ("out_depth", "I"), ("max_payload", "H"), ("clk_hz", "I"),
+    ("baud", "I"),
+)
+#: ``STATUS`` payload: flags bit 0 = busy, bit 1 = the last job was aborted;
+#: ``last_error`` = the status of the last error response (0 if none since reset);
+#: ``cycles`` = clock cycles of the last job, start edge to done edge; ``jobs`` = jobs completed;
+#: ``rx_errors`` = UART framing errors seen (saturating).
+STATUS_FIELDS = (("flags", "B"), ("last_error", "B"), ("cycles", "I"), ("jobs", "H"),
+                 ("rx_errors", "H"))
+#: ``RUN`` payload: job ``M×K @ K×N``, X read row-major from ``x_addr`` of :attr:`Space.ACT`,
+#: Y written row-major to ``y_addr`` of :attr:`Space.OUT`.
+DESCRIPTOR_FIELDS = (("m", "I"), ("k", "I"), ("n", "I"), ("x_addr", "I"), ("y_addr", "I"))
+
+FLAG_BUSY = 1
+FLAG_ABORTED = 2
+
+
+class ProtocolError(Exception):
+    """A response frame from the device is malformed (bad sync, CRC or length)."""
+
+
+def fields_size(fields):
+    """Bytes taken by a field list such as :data:`IDENT_FIELDS`."""
+    return struct.calcsize("<" + "".join(f for _, f in fields))
+
+
+def pack_fields(fields, values):
+    """Pack a dict of values into the little-endian layout ``fields``."""
+    return struct.pack("<" + "".join(f for _, f in fields), *(values[n] for n, _ in fields))
+
+
+def unpack_fields(fields, data):
+    """Inverse of :func:`pack_fields`; returns a dict."""
+    return dict(zip((n for n, _ in fields),
+                    struct.unpack("<" + "".join(f for _, f in fields), bytes(data))))
+
+
+def word_bytes(bits):
+    """Bytes per word of a ``bits``-bit memory word on the wire: the next power of two
+    of ``ceil(bits / 8)``, so that the gateware splits addresses with shifts, not division."""
+    b = max(1, -(-bits // 8))
+    return 1 << (b - 1).bit_length()
+
+
+def crc16(data):
+    """CRC-16/CCITT-FALSE of ``data`` (bytes)."""
+    return CRC16.compute(bytes(data))
+
+
+def encode_request(op, space=0, addr=0, payload=b""):
+    """Bytes of one request frame."""
+    payload = bytes(payload)
+    if not 0 <= addr < (1 << 32):
+        raise ValueError(f"addr must be an integer in [0, 2**32), not {addr!r}")
+    if len(payload) >= (1 << 16):
+        raise ValueError(f"payload must be shorter than 65536 bytes, not {len(payload)}")
+    head = struct.pack("<BBBIH", REQ_SYNC, int(op),
+                       int(space), addr, len(payload))
+    body = head + payload
+    return body + struct.pack(">H", crc16(body))
+
+
+def encode_response(status, op, payload=b""):
+    """Bytes of one response frame (used by tests and reference models)."""
+    body = struct.pack("<BBBH", RSP_SYNC, int(status), int(op), len(payload)) + bytes(payload)
+    return body + struct.pack(">H", crc16(body))
+
+
+def parse_response(frame):
+    """Check one complete response frame; return ``(status:int, op:int, payload:bytes)``.
+
+    Raises
+    ------
+    ProtocolError
+        Bad sync byte, length or CRC.
+    """
+    frame = bytes(frame)
+    if len(frame) < RSP_HEADER_BYTES + 2 or frame[0] != RSP_SYNC:
+        raise ProtocolError(f"malformed response frame {frame[:8].hex()}")
+    sync, status, op, length = struct.unpack("<BBBH", frame[:RSP_HEADER_BYTES])
+    if len(frame) != RSP_HEADER_BYTES + length + 2:
+        raise ProtocolError(f"response length {len(frame)} does not match header ({length})")
+    if crc16(frame) != 0:
+        raise ProtocolError("response CRC mismatch")
+    return status, op, frame[RSP_HEADER_BYTES:-2]

@@ -1,0 +1,68 @@
+"""Shared helpers for the Amaranth-simulator tests (importable as ``conftest`` from tests in
+this folder): stream drivers with random gaps and back-pressure, and a one-call simulation."""
+
+import random
+
+from amaranth.sim import Simulator
+
+__all__ = ["simulate", "stream_send", "stream_collect"]
+
+
+def simulate(dut, *testbenches, period=1e-6, vcd=None):
+    """Run ``testbenches`` (async functions of ``ctx``) on ``dut`` with a ``sync`` clock of
+    ``period`` seconds (``period=None``: no clock, for purely combinational designs)."""
+    sim = Simulator(dut)
+    if period is not None:
+        sim.add_clock(period)
+    for tb in testbenches:
+        sim.add_testbench(tb)
+    if vcd:
+        with sim.write_vcd(vcd):
+            sim.run()
+    else:
+        sim.run()
+
+
+async def stream_send(ctx, stream, payloads, *, idle=0.0, rng=None):
+    """Send ``payloads`` on ``stream`` in order, one per transfer.
+
+    Before each transfer the sender stays idle for a cycle with probability ``idle``; once
+    ``valid`` is raised it is held, payload unchanged, until ``ready`` (the stream rules).
+    A structured payload takes a (nested) dict of its fields.
+    """
+    rng = rng or random.Random(0)
+    for value in payloads:
+        while rng.random() < idle:
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
+        ctx.set(stream.valid, 1)
+        ctx.set(stream.payload, value)
+        # explicit loop rather than ``tick().until()``: a failing sibling testbench then ends
+        # the simulation without "asynchronous generator is already running" noise
+        while True:
+            _, _, ready = await ctx.tick().sample(stream.ready)
+            if ready:
+                break
+    ctx.set(stream.valid, 0)
+
+
+async def stream_collect(ctx, stream, count, *, stall=0.0, rng=None, out=None):
+    """Receive ``count`` payloads from ``stream``, with ``ready`` low in a cycle with
+    probability ``stall``. Checks that a stalled ``valid`` stays up with a stable payload.
+    Returns the list of payloads (also appended to ``out`` if given, as they arrive)."""
+    rng = rng or random.Random(0)
+    got = [] if out is None else out
+    start = len(got)
+    held = None
+    while len(got) - start < count:
+        ready = rng.random() >= stall
+        ctx.set(stream.ready, ready)
+        _, _, valid, payload = await ctx.tick().sample(stream.valid, stream.payload)
+        if held is not None:
+            assert valid and payload == held, \
+                f"stream rule broken: valid/payload changed while stalled ({held} -> {payload})"
+        held = payload if valid and not ready else None
+        if valid and ready:
+            got.append(payload)
+    ctx.set(stream.ready, 0)
+    return got[start:]

