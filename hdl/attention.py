@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_units import Exp2Unit, ReciprocalUnit, rshift_round
-from .common import MemWriteSignature
+from .common import MemWriteSignature, check_int
 from .linear import lut_multiply
 
 __all__ = ["SoftmaxAttention", "HeadParams", "kv_layout", "softmax_cycle_model"]
@@ -50,11 +50,6 @@ def kv_layout(lanes):
     beat)."""
     return data.StructLayout({"k": signed(8), "v": signed(8), "keep": unsigned(lanes),
                               "last": unsigned(1)})
-
-
-def _check(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
 
 
 class SoftmaxAttention(wiring.Component):
@@ -110,16 +105,16 @@ class SoftmaxAttention(wiring.Component):
     def __init__(self, *, lanes=4, max_dim=64, max_tokens=256, max_heads=12, exp_frac_bits=6,
                  p_bits=12, recip_table_bits=6, recip_bits=15, recip_mant_bits=16,
                  guard_bits=8, lut_macs=False):
-        _check("lanes", lanes, 1, 64)
-        _check("max_dim", max_dim, 1, 1024)
-        _check("max_tokens", max_tokens, 1, 1 << 16)
-        _check("max_heads", max_heads, 1, 256)
-        _check("exp_frac_bits", exp_frac_bits, 1, 10)
-        _check("p_bits", p_bits, 4, 16)
-        _check("recip_table_bits", recip_table_bits, 2, 10)
-        _check("recip_bits", recip_bits, 8, 24)
-        _check("recip_mant_bits", recip_mant_bits, recip_table_bits + 2, 24)
-        _check("guard_bits", guard_bits, 0, recip_bits - 1)
+        check_int("lanes", lanes, 1, 64)
+        check_int("max_dim", max_dim, 1, 1024)
+        check_int("max_tokens", max_tokens, 1, 1 << 16)
+        check_int("max_heads", max_heads, 1, 256)
+        check_int("exp_frac_bits", exp_frac_bits, 1, 10)
+        check_int("p_bits", p_bits, 4, 16)
+        check_int("recip_table_bits", recip_table_bits, 2, 10)
+        check_int("recip_bits", recip_bits, 8, 24)
+        check_int("recip_mant_bits", recip_mant_bits, recip_table_bits + 2, 24)
+        check_int("guard_bits", guard_bits, 0, recip_bits - 1)
         if lanes > max_tokens:
             raise ValueError(f"lanes must be at most max_tokens ({max_tokens}), not {lanes!r}")
         self.lanes = lanes

@@ -12,6 +12,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_units import ReciprocalUnit, rshift_round
+from .common import check_int
 
 __all__ = ["LinearCausalAttention", "linear_causal_token_cycles", "linear_causal_job_cycles"]
 
@@ -31,11 +32,6 @@ def linear_causal_job_cycles(tokens, d, lanes):
     if tokens <= 0 or d <= 0:
         return 1
     return tokens * linear_causal_token_cycles(d, lanes) + 1
-
-
-def _check(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        raise ValueError(f"{name} must be an integer in [{lo}, {hi}], not {value!r}")
 
 
 class LinearCausalAttention(wiring.Component):
@@ -79,10 +75,10 @@ class LinearCausalAttention(wiring.Component):
 
     def __init__(self, *, lanes=4, max_dim=32, max_context=1024, recip_table_bits=6,
                  recip_bits=15, recip_mant_bits=16, guard_bits=8):
-        _check("lanes", lanes, 1, 64)
-        _check("max_dim", max_dim, 1, 256)
-        _check("max_context", max_context, 1, 1 << 20)
-        _check("guard_bits", guard_bits, 0, recip_bits - 1)
+        check_int("lanes", lanes, 1, 64)
+        check_int("max_dim", max_dim, 1, 256)
+        check_int("max_context", max_context, 1, 1 << 20)
+        check_int("guard_bits", guard_bits, 0, recip_bits - 1)
         if lanes > max_dim:
             raise ValueError(f"lanes must be at most max_dim ({max_dim}), not {lanes!r}")
         self.lanes = lanes

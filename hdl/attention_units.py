@@ -12,6 +12,8 @@ from amaranth import *
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from .common import check_int
+
 __all__ = ["Exp2Unit", "ReciprocalUnit", "rshift_round"]
 
 
@@ -20,13 +22,6 @@ def rshift_round(a, sh, width):
     of at most ``width`` bits and a shift signal ``sh``; computed in ``width + 2`` bits."""
     half = (C(1, width + 2) << sh)[1:]
     return (a + half) >> sh
-
-
-def _check_pos(name, value, lo=1, hi=None):
-    if not isinstance(value, int) or isinstance(value, bool) or value < lo or (
-            hi is not None and value > hi):
-        allowed = f"an integer in [{lo}, {hi}]" if hi is not None else f"an integer >= {lo}"
-        raise ValueError(f"{name} must be {allowed}, not {value!r}")
 
 
 class Exp2Unit(wiring.Component):
@@ -60,9 +55,9 @@ class Exp2Unit(wiring.Component):
     LATENCY = 2
 
     def __init__(self, *, in_width, frac_bits=6, p_bits=12):
-        _check_pos("frac_bits", frac_bits, 1, 10)
-        _check_pos("p_bits", p_bits, 1, 24)
-        _check_pos("in_width", in_width, frac_bits + 1)
+        check_int("frac_bits", frac_bits, 1, 10)
+        check_int("p_bits", p_bits, 1, 24)
+        check_int("in_width", in_width, frac_bits + 1)
         self.in_width = in_width
         self.frac_bits = frac_bits
         self.p_bits = p_bits
@@ -118,10 +113,10 @@ class ReciprocalUnit(wiring.Component):
     LATENCY = 4
 
     def __init__(self, *, in_width, mant_bits=16, table_bits=6, recip_bits=15):
-        _check_pos("in_width", in_width, 1, 64)
-        _check_pos("table_bits", table_bits, 1, 12)
-        _check_pos("mant_bits", mant_bits, table_bits + 1, 32)
-        _check_pos("recip_bits", recip_bits, 2, 32)
+        check_int("in_width", in_width, 1, 64)
+        check_int("table_bits", table_bits, 1, 12)
+        check_int("mant_bits", mant_bits, table_bits + 1, 32)
+        check_int("recip_bits", recip_bits, 2, 32)
         self.in_width = in_width
         self.mant_bits = mant_bits
         self.table_bits = table_bits

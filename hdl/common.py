@@ -28,7 +28,7 @@ def check_int(name, value, lo, hi=None):
         elif lo == 1:
             allowed = "a positive integer"
         else:
-            allowed = f"an integer of at least {lo}"
+            allowed = f"an integer >= {lo}"
         raise ValueError(f"{name} must be {allowed}, not {value!r}")
 
 

@@ -5,7 +5,7 @@ import random
 
 from amaranth.sim import Simulator
 
-__all__ = ["simulate", "stream_send", "stream_collect"]
+__all__ = ["simulate", "stream_send", "stream_collect", "write_words"]
 
 
 def simulate(dut, *testbenches, period=1e-6, vcd=None):
@@ -66,3 +66,15 @@ async def stream_collect(ctx, stream, count, *, stall=0.0, rng=None, out=None):
             got.append(payload)
     ctx.set(stream.ready, 0)
     return got[start:]
+
+
+async def write_words(ctx, port, words, en=None):
+    """Write ``words`` to consecutive addresses from 0 through a :class:`MemWriteSignature`
+    port, one per cycle, with enables ``en`` (default: all ones); enables are low afterwards."""
+    en = (1 << len(port.en)) - 1 if en is None else en
+    for addr, word in enumerate(words):
+        ctx.set(port.addr, addr)
+        ctx.set(port.data, word)
+        ctx.set(port.en, en)
+        await ctx.tick()
+    ctx.set(port.en, 0)

@@ -20,7 +20,7 @@ from amaformer.gen.config import AcceleratorConfig, AttentionConfig, ConfigError
 from amaformer.gen.numerics import quantize, requant_params
 from amaformer.hdl.attention import HeadParams, SoftmaxAttention, softmax_cycle_model
 
-from conftest import simulate
+from conftest import simulate, write_words
 
 
 def _quant_head(q, k, v, fmt=SoftmaxFormat()):
@@ -149,14 +149,10 @@ def _run_rtl(lanes, heads, n, d, keep, seed, idle=0.0, bp=0.0, lut_macs=False):
     out, res = [], {}
 
     async def tb(ctx):
-        for h, (sm, ss, om, os_) in enumerate(prm):
-            ctx.set(dut.hp_wr.addr, h)
-            ctx.set(dut.hp_wr.data, HeadParams.const({"score_mult": sm, "score_shift": ss,
-                                                      "out_mult": om, "out_shift": os_}
-                                                     ).as_value().value)
-            ctx.set(dut.hp_wr.en, 1)
-            await ctx.tick()
-        ctx.set(dut.hp_wr.en, 0)
+        await write_words(ctx, dut.hp_wr, [
+            HeadParams.const({"score_mult": sm, "score_shift": ss, "out_mult": om,
+                              "out_shift": os_}).as_value().value
+            for sm, ss, om, os_ in prm])
         ctx.set(dut.heads, heads)
         ctx.set(dut.tokens, n)
         ctx.set(dut.dim, d)

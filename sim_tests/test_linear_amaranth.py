@@ -23,7 +23,7 @@ from amaformer.gen.numerics import requant_params, requantize
 from amaformer.hdl.common import MemWriteSignature, Requantizer
 from amaformer.hdl.linear import LinearEngine, lut_multiply
 
-from conftest import simulate, stream_collect, stream_send
+from conftest import simulate, stream_collect, stream_send, write_words
 
 
 # --- Requantizer ----------------------------------------------------------------------------
@@ -178,18 +178,8 @@ def run_engine(dut, jobs, *, idle=0.0, stall=0.0, seed=0):
 
     async def control(ctx):
         for x, w, bias, mult, shift in jobs:
-            for addr, word in enumerate(pack_linear_weights(w, L, dut.weight_bits)):
-                ctx.set(dut.w_wr.addr, addr)
-                ctx.set(dut.w_wr.data, word)
-                ctx.set(dut.w_wr.en, (1 << L) - 1)
-                await ctx.tick()
-            ctx.set(dut.w_wr.en, 0)
-            for addr, word in enumerate(pack_requant_params(bias, mult, shift)):
-                ctx.set(dut.p_wr.addr, addr)
-                ctx.set(dut.p_wr.data, word)
-                ctx.set(dut.p_wr.en, 1)
-                await ctx.tick()
-            ctx.set(dut.p_wr.en, 0)
+            await write_words(ctx, dut.w_wr, pack_linear_weights(w, L, dut.weight_bits))
+            await write_words(ctx, dut.p_wr, pack_requant_params(bias, mult, shift))
             (m, k), n = x.shape, w.shape[1]
             ctx.set(dut.m, m)
             ctx.set(dut.k, k)
