@@ -16,4 +16,5 @@ amaformer sim --config "$out/config.toml" --quick
 echo "== 3/4 build the iCEBreaker bitstream (Yosys, nextpnr-ice40, icepack)"
 amaformer build --board icebreaker --config "$out/config.toml" --out "$out/icebreaker"
 echo "== 4/4 run a real MiniLM layer on the simulated device through the host driver"
-python scripts/demo.py --config "$out/config.toml" --report "$out/icebreaker/report.json" --json demo.json
+python scripts/demo.py --config "$out/config.toml" --report "$out/icebreaker/report.json" --json demo.json \
+    --cols 384
