@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_units import Exp2Unit, ReciprocalUnit, rshift_round
-from .common import MemWriteSignature, check_int
+from .common import MemWriteSignature, check_int, drive_write_port
 from .linear import lut_multiply
 
 __all__ = ["SoftmaxAttention", "HeadParams", "kv_layout", "softmax_cycle_model"]
@@ -172,8 +172,7 @@ class SoftmaxAttention(wiring.Component):
         m.submodules.hpmem = hpmem = memory.Memory(shape=HeadParams, depth=self.max_heads,
                                                     init=[])
         hp_w = hpmem.write_port()
-        m.d.comb += [hp_w.addr.eq(self.hp_wr.addr), hp_w.data.eq(self.hp_wr.data),
-                     hp_w.en.eq(self.hp_wr.en)]
+        drive_write_port(m, hp_w, self.hp_wr)
         hp_rb = hpmem.read_port()       # stage B, addressed one cycle ahead by a1_head
         hp_rd = hpmem.read_port()       # stage D, addressed by d_head (stable while draining)
 

@@ -4,8 +4,8 @@ from amaranth import *
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["check_int", "linear_engine_ports", "MemWriteSignature", "RequantParams",
-           "Requantizer"]
+__all__ = ["check_int", "drive_write_port", "linear_engine_ports", "MemWriteSignature",
+           "RequantParams", "Requantizer"]
 
 #: Per-column requantization word: bias (accumulator units), multiplier M, shift S.
 RequantParams = data.StructLayout({
@@ -54,6 +54,12 @@ def linear_engine_ports(*, act_bits, max_m, max_k, max_n, weight_depth, weight_w
         "w_wr":  In(MemWriteSignature(weight_depth, weight_word, weight_granularity)),
         "p_wr":  In(MemWriteSignature(max_n, RequantParams.size)),
     }
+
+
+def drive_write_port(m, mem_port, bus):
+    """Drive a ``lib.memory`` write port from a :class:`MemWriteSignature` bus (no latency)."""
+    m.d.comb += [mem_port.addr.eq(bus.addr), mem_port.data.eq(bus.data),
+                 mem_port.en.eq(bus.en)]
 
 
 class MemWriteSignature(wiring.Signature):

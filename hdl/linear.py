@@ -19,7 +19,7 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
-from .common import RequantParams, Requantizer, check_int, linear_engine_ports
+from .common import RequantParams, Requantizer, check_int, drive_write_port, linear_engine_ports
 
 __all__ = ["LinearEngine", "PipelinedRequantizer", "lut_multiply"]
 
@@ -228,11 +228,9 @@ class LinearEngine(wiring.Component):
             shape=self.params_layout, depth=self.max_n, init=[])
 
         w_w = wmem.write_port(granularity=self.weight_bits)
-        m.d.comb += [w_w.addr.eq(self.w_wr.addr), w_w.data.eq(self.w_wr.data),
-                     w_w.en.eq(self.w_wr.en)]
+        drive_write_port(m, w_w, self.w_wr)
         p_w = pmem.write_port()
-        m.d.comb += [p_w.addr.eq(self.p_wr.addr), p_w.data.eq(self.p_wr.data),
-                     p_w.en.eq(self.p_wr.en)]
+        drive_write_port(m, p_w, self.p_wr)
         w_r = wmem.read_port()
         x_w = xbuf.write_port()
         x_r = xbuf.read_port()

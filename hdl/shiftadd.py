@@ -12,7 +12,7 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
-from .common import RequantParams, check_int, linear_engine_ports
+from .common import RequantParams, check_int, drive_write_port, linear_engine_ports
 from .linear import LinearEngine, PipelinedRequantizer
 
 __all__ = ["SHIFT_CODE_BITS", "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS",
@@ -161,11 +161,9 @@ class BcqEngine(wiring.Component):
             tables.append((tmem.read_port(), tmem.write_port()))
 
         w_w = wmem.write_port(granularity=8)
-        m.d.comb += [w_w.addr.eq(self.w_wr.addr), w_w.data.eq(self.w_wr.data),
-                     w_w.en.eq(self.w_wr.en)]
+        drive_write_port(m, w_w, self.w_wr)
         p_w = pmem.write_port()
-        m.d.comb += [p_w.addr.eq(self.p_wr.addr), p_w.data.eq(self.p_wr.data),
-                     p_w.en.eq(self.p_wr.en)]
+        drive_write_port(m, p_w, self.p_wr)
         w_r = wmem.read_port()
         p_r = pmem.read_port()
         a_r = amem.read_port()

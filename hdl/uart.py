@@ -28,6 +28,13 @@ def baud_divisor(clk_hz, baud):
     return div
 
 
+
+def _check_divisor(component, divisor):
+    """Refuse a baud divisor below 4 clocks per bit (``ValueError`` naming the value)."""
+    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 4:
+        component._MustUse__silence = True      # never elaborated: no "unused" warning
+        raise ValueError(f"divisor must be an integer >= 4, not {divisor!r}")
+
 class UARTRx(wiring.Component):
     """8N1 receiver.
 
@@ -61,9 +68,7 @@ class UARTRx(wiring.Component):
     overrun: Out(1)
 
     def __init__(self, divisor):
-        if not isinstance(divisor, int) or divisor < 4:
-            self._MustUse__silence = True       # never elaborated: no "unused" warning
-            raise ValueError(f"divisor must be an integer >= 4, not {divisor!r}")
+        _check_divisor(self, divisor)
         self.divisor = divisor
         super().__init__()
 
@@ -136,9 +141,7 @@ class UARTTx(wiring.Component):
     tx: Out(1, init=1)
 
     def __init__(self, divisor):
-        if not isinstance(divisor, int) or divisor < 4:
-            self._MustUse__silence = True       # never elaborated: no "unused" warning
-            raise ValueError(f"divisor must be an integer >= 4, not {divisor!r}")
+        _check_divisor(self, divisor)
         self.divisor = divisor
         super().__init__()
 
