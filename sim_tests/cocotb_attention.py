@@ -14,7 +14,6 @@ import json
 import os
 import random
 import zlib
-from collections import deque
 
 import cocotb
 import torch
@@ -24,6 +23,7 @@ from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 from amaformer.gen.attention import (attention_softmax, causal_mask, random_mask,
                                      softmax_schedule, softmax_scales, softmax_streams)
 from amaformer.hdl.attention import HeadParams, softmax_cycle_model
+from cocotb_streams import StreamSink, StreamSource, bit
 
 PARAMS = json.loads(os.environ.get("AMAFORMER_ATTENTION", "{}"))
 LANES = PARAMS.get("lanes", 4)
@@ -34,13 +34,6 @@ SEED = int(os.environ.get("AMAFORMER_SEED", "0"))
 
 #: probability of an idle cycle before an input transfer, of ``o.ready`` low in a cycle
 FLOWS = {"free": (0.0, 0.0), "both": (0.3, 0.4)}
-
-
-def bit(sig):
-    """A one-bit signal as an int, X/Z read as 0 (Icarus leaves combinational outputs X at
-    time 0 until one of their inputs changes)."""
-    v = sig.value
-    return int(v) if v.is_resolvable else 0
 
 
 def seed_of(name):
@@ -93,9 +86,15 @@ class TB:
         self.dut = dut
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        self.idle, self.bp = 0.0, 0.0
-        self.q_queue, self.kv_queue, self.expect = deque(), deque(), deque()
         self.errors = []
+        self.q = StreamSource(dut, "q", self.rng, reset=False)
+        self.kv = StreamSource(dut, "kv", self.rng, reset=False)
+        self.o = StreamSink(dut, "o", self.rng, self.errors, reset=False)
+
+    def set_flow(self, flow):
+        """Idle probability of both inputs and back-pressure probability of the output."""
+        self.q.idle, self.o.stall = FLOWS[flow]
+        self.kv.idle = self.q.idle
 
     async def start(self):
         Clock(self.dut.clk, 10, unit="ns").start()
@@ -109,43 +108,9 @@ class TB:
             await RisingEdge(d.clk)
         await FallingEdge(d.clk)
         d.rst.value = 0
-        cocotb.start_soon(self._drive(d.q__valid, d.q__ready, d.q__payload, self.q_queue))
-        cocotb.start_soon(self._drive(d.kv__valid, d.kv__ready, d.kv__payload, self.kv_queue))
-        cocotb.start_soon(self._monitor())
-
-    async def _drive(self, valid, ready, payload, queue):
-        presenting = False
-        while True:
-            await FallingEdge(self.dut.clk)
-            if not presenting and queue and self.rng.random() >= self.idle:
-                presenting = True
-                payload.value = queue[0]
-            valid.value = int(presenting)
-            await ReadOnly()
-            if presenting and bit(ready):
-                queue.popleft()
-                presenting = False
-
-    async def _monitor(self):
-        d = self.dut
-        stalled = None
-        while True:
-            await FallingEdge(d.clk)
-            rdy = self.rng.random() >= self.bp
-            d.o__ready.value = int(rdy)
-            await ReadOnly()
-            valid = bit(d.o__valid)
-            value = d.o__payload.value.to_signed() if valid else None
-            if stalled is not None and value != stalled:
-                self.errors.append(f"o changed while stalled: {stalled} -> {value}")
-            stalled = value if valid and not rdy else None
-            if valid and rdy:
-                if not self.expect:
-                    self.errors.append(f"unexpected output {value}")
-                    continue
-                where, exp = self.expect.popleft()
-                if value != exp:
-                    self.errors.append(f"{where} = {value}, expected {exp}")
+        self.q.start()
+        self.kv.start()
+        self.o.start()
 
     async def load_params(self, job):
         d = self.dut
@@ -161,14 +126,14 @@ class TB:
 
     def queue(self, job, tag):
         qb, kvb = job.streams()
-        self.q_queue.extend(qb)
+        self.q.queue.extend(qb)
         mask = (1 << 8) - 1
         # payload bits, LSB first: k (8), v (8), keep (lanes), last (1)
-        self.kv_queue.extend((k & mask) | (v & mask) << 8 | keep << 16 | last << (16 + LANES)
+        self.kv.queue.extend((k & mask) | (v & mask) << 8 | keep << 16 | last << (16 + LANES)
                              for k, v, keep, last in kvb)
         exp = job.expected()
-        self.expect.extend(((tag, h, r, c), int(exp[h, r, c])) for h in range(job.heads)
-                           for r in range(job.n) for c in range(job.d))
+        self.o.expect.extend(((tag, h, r, c), int(exp[h, r, c])) for h in range(job.heads)
+                             for r in range(job.n) for c in range(job.d))
 
     async def run(self, jobs, tags, check_cycles=False):
         """Run ``jobs`` back to back (each started on the edge after the previous ``done``,
@@ -195,13 +160,13 @@ class TB:
                 cycles += 1
                 await FallingEdge(d.clk)
             assert not self.errors, f"{len(self.errors)} errors, first: {self.errors[:4]}"
-            assert not self.expect or self.expect[0][0][0] != tag, f"{tag}: outputs missing"
+            assert not self.o.expect or self.o.expect[0][0][0] != tag, f"{tag}: outputs missing"
             if check_cycles:
                 assert cycles == model, f"{tag}: {cycles} cycles, model {model}"
             cocotb.log.info("%s: %d cycles (model %d)", tag, cycles, model)
             if i + 1 < len(jobs):
                 await FallingEdge(d.clk)
-        assert not self.q_queue and not self.kv_queue, "inputs left over"
+        assert not self.q.queue and not self.kv.queue, "inputs left over"
 
 
 def cases():
@@ -227,7 +192,7 @@ def parse(case):
 async def test_job(dut, case, flow):
     """One job against ``attention_softmax``; exact cycle count when unstalled."""
     tb = TB(dut, seed_of(case + flow))
-    tb.idle, tb.bp = FLOWS[flow]
+    tb.set_flow(flow)
     await tb.start()
     job = Job(tb.gen, *parse(case))
     await tb.load_params(job)
@@ -240,7 +205,7 @@ async def test_back_to_back(dut, flow):
     """Three jobs of different shapes and masks back to back, inputs all queued ahead (a beat
     taken by the wrong job shows up as a mismatch); the head parameters stay loaded."""
     tb = TB(dut, seed_of("b2b" + flow))
-    tb.idle, tb.bp = FLOWS[flow]
+    tb.set_flow(flow)
     await tb.start()
     n = min(MAX_TOKENS, LANES + 2)
     jobs = [Job(tb.gen, MAX_HEADS, n, MAX_DIM, "causal"),

@@ -16,7 +16,6 @@ import json
 import os
 import random
 import zlib
-from collections import deque
 from dataclasses import dataclass
 
 import cocotb
@@ -29,6 +28,7 @@ from amaformer.gen.cost import linear_cycles
 from amaformer.gen.golden import linear_mul
 from amaformer.gen.layout import pack_linear_weights, pack_requant_params
 from amaformer.gen.numerics import requant_params
+from cocotb_streams import StreamSink, StreamSource
 
 ENV_CONFIG = "AMAFORMER_LINEAR"
 ENV_SEED = "AMAFORMER_SEED"
@@ -138,17 +138,13 @@ class TB:
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
         self.lanes = CFG.lanes
-        self.idle_in = 0.0              # probability of an idle cycle before an input transfer
-        self.bp_out = 0.0               # probability of ``y.ready`` low in a cycle
-        self.x_queue = deque()          # activations to send, in order
-        self.expect = deque()           # (job, row, col, value), in order
         self.errors = []
-        self.received = 0
-        self.x_sent = 0
+        self.x = StreamSource(dut, "x", self.rng, mask=(1 << CFG.act_bits) - 1)
+        self.y = StreamSink(dut, "y", self.rng, self.errors)   # expects ("job T Y[r, c]", v)
         self._tasks = []
 
     def set_flow(self, flow):
-        self.idle_in, self.bp_out = FLOWS[flow]
+        self.x.idle, self.y.stall = FLOWS[flow]
 
     async def start(self):
         """Start the clock and the driver/monitor, then reset for two cycles."""
@@ -158,15 +154,15 @@ class TB:
                     d.w_wr__addr, d.w_wr__data, d.p_wr__addr, d.p_wr__data, d.x__payload):
             sig.value = 0
         await self.reset()
-        self._tasks = [cocotb.start_soon(self._drive_x()), cocotb.start_soon(self._monitor_y())]
+        self._tasks = [self.x.start(), self.y.start()]
 
     async def reset(self, cycles=2):
         """Assert ``rst`` for ``cycles`` rising edges; forget queued inputs and expectations."""
         await FallingEdge(self.dut.clk)
         self.dut.rst.value = 1
         self.dut.start.value = 0
-        self.x_queue.clear()
-        self.expect.clear()
+        self.x.queue.clear()
+        self.y.expect.clear()
         for _ in range(cycles):
             await RisingEdge(self.dut.clk)
         await FallingEdge(self.dut.clk)
@@ -200,62 +196,16 @@ class TB:
         await self.load_weights(job.w)
         await self.load_params(job.bias, job.mult, job.shift)
 
-    # driver: random idle cycles, never drops ``valid`` before the transfer
-    async def _drive_x(self):
-        d = self.dut
-        mask = (1 << CFG.act_bits) - 1
-        presenting = False
-        while True:
-            await FallingEdge(d.clk)
-            if not presenting and self.x_queue and self.rng.random() >= self.idle_in:
-                presenting = True
-                d.x__payload.value = self.x_queue[0] & mask
-            if not self.x_queue:
-                presenting = False
-            d.x__valid.value = int(presenting)
-            await ReadOnly()
-            if int(d.rst.value) or not self.x_queue:
-                presenting = False
-            elif presenting and int(d.x__ready.value):
-                self.x_queue.popleft()
-                self.x_sent += 1
-                presenting = False
-
-    # monitor: random back-pressure, stream rule check, in-order comparison with the model
-    async def _monitor_y(self):
-        d = self.dut
-        stalled = None                  # payload of a valid output not yet taken
-        while True:
-            await FallingEdge(d.clk)
-            ready = self.rng.random() >= self.bp_out
-            d.y__ready.value = int(ready)
-            await ReadOnly()
-            if int(d.rst.value):
-                stalled = None
-                continue
-            valid = int(d.y__valid.value)
-            value = d.y__payload.value.to_signed() if valid else None
-            if stalled is not None and value != stalled:
-                self.errors.append(f"y changed while stalled: {stalled} -> {value}")
-            stalled = value if valid and not ready else None
-            if valid and ready:
-                self.received += 1
-                if not self.expect:
-                    self.errors.append(f"unexpected output {value}")
-                    continue
-                job, row, col, exp = self.expect.popleft()
-                if value != exp:
-                    self.errors.append(f"job {job} Y[{row}, {col}] = {value}, expected {exp}")
-
     def check(self):
         assert not self.errors, f"{len(self.errors)} errors, first: {self.errors[:5]}"
 
     def queue_job(self, job, tag):
         """Queue the job's activations on the driver and its expected outputs on the checker."""
         m, _, n = job.shape
-        self.x_queue.extend(job.x.flatten().tolist())
+        self.x.queue.extend(job.x.flatten().tolist())
         exp = job.expected()
-        self.expect.extend((tag, r, c, int(exp[r, c])) for r in range(m) for c in range(n))
+        self.y.expect.extend((f"job {tag} Y[{r}, {c}]", int(exp[r, c]))
+                             for r in range(m) for c in range(n))
 
     async def wait_done(self, limit, next_shape=None):
         """Wait for ``done``; return the cycle count as ``linear_cycles`` defines it (rising
@@ -287,7 +237,7 @@ class TB:
         d = self.dut
         for job, tag in zip(jobs, tags):
             self.queue_job(job, tag)
-        sent = self.x_sent
+        sent = self.x.sent
         await FallingEdge(d.clk)
         assert not int(d.busy.value), "engine busy at start"
         d.m.value, d.k.value, d.n.value = jobs[0].shape
@@ -300,10 +250,10 @@ class TB:
             model = linear_cycles(m, k, n, self.lanes)
             cycles = await self.wait_done(limit=20 * model + 200, next_shape=nxt)
             self.check()
-            assert not self.expect or self.expect[0][0] != tag, \
-                f"job {tag}: done with outputs missing"
+            pending = self.y.expect[0][0] if self.y.expect else ""
+            assert not pending.startswith(f"job {tag} "), f"job {tag}: done with outputs missing"
             sent += m * k
-            assert self.x_sent == sent, f"job {tag}: {self.x_sent} inputs taken, expected {sent}"
+            assert self.x.sent == sent, f"job {tag}: {self.x.sent} inputs taken, expected {sent}"
             if check_cycles:
                 assert cycles == model, f"job {tag} {m}x{k}x{n}: {cycles} cycles, model {model}"
             all_cycles.append(cycles)
@@ -384,10 +334,10 @@ async def test_reset_mid_job(dut, flow, blocked):
     await FallingEdge(d.clk)
     d.start.value = 0
     total = job.shape[0] * n
-    while tb.received < max(1, total // 3):
+    while tb.y.received < max(1, total // 3):
         await RisingEdge(d.clk)
     if blocked:
-        tb.bp_out = 1.0
+        tb.y.stall = 1.0
         for _ in range(k + 2 * CFG.lanes + 10):
             await RisingEdge(d.clk)
     await ReadOnly()
@@ -467,10 +417,10 @@ async def test_empty_job(dut, zero):
     await RisingEdge(d.clk)
     cycles = await tb.wait_done(limit=50, next_shape=job.shape)
     assert cycles == linear_cycles(dims["m"], dims["k"], dims["n"], CFG.lanes), cycles
-    assert tb.x_sent == 0 and tb.received == 0, (tb.x_sent, tb.received)
+    assert tb.x.sent == 0 and tb.y.received == 0, (tb.x.sent, tb.y.received)
     await RisingEdge(d.clk)                 # samples ``start`` of the real job
     m, k, n = job.shape
     cycles = await tb.wait_done(limit=20 * linear_cycles(m, k, n, CFG.lanes) + 200)
     tb.check()
-    assert not tb.expect and tb.x_sent == m * k, (len(tb.expect), tb.x_sent)
+    assert not tb.y.expect and tb.x.sent == m * k, (len(tb.y.expect), tb.x.sent)
     assert cycles == linear_cycles(m, k, n, CFG.lanes), cycles

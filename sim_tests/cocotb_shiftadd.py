@@ -15,7 +15,6 @@ import json
 import os
 import random
 import zlib
-from collections import deque
 
 import cocotb
 import torch
@@ -28,6 +27,7 @@ from amaformer.gen.golden import linear_bcq, linear_shift
 from amaformer.gen.layout import pack_bcq_weights, pack_requant_params, pack_shift_weights
 from amaformer.gen.numerics import requant_params
 from amaformer.gen.quant import round_pow2_sum
+from cocotb_streams import StreamSink, StreamSource
 
 CFG = LinearConfig(**json.loads(os.environ.get("AMAFORMER_LINEAR", '{"mode": "bcq"}')))
 SEED = int(os.environ.get("AMAFORMER_SEED", "0"))
@@ -103,9 +103,9 @@ class TB:
         seed = (SEED * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF
         self.rng = random.Random(seed)
         self.gen = torch.Generator().manual_seed(seed)
-        self.idle_in = self.bp_out = 0.0
-        self.x_queue, self.expect, self.errors = deque(), deque(), []
-        self.x_sent = 0
+        self.errors = []
+        self.x = StreamSource(dut, "x", self.rng, mask=0xFF)
+        self.y = StreamSink(dut, "y", self.rng, self.errors)   # expects ("job T Y[r, c]", v)
 
     async def start(self):
         d = self.dut
@@ -115,15 +115,15 @@ class TB:
                     d.p_wr__data):
             sig.value = 0
         await self.reset()
-        cocotb.start_soon(self._drive_x())
-        cocotb.start_soon(self._monitor_y())
+        self.x.start()
+        self.y.start()
 
     async def reset(self):
         await FallingEdge(self.dut.clk)
         self.dut.rst.value = 1
         self.dut.start.value = 0
-        self.x_queue.clear()
-        self.expect.clear()
+        self.x.queue.clear()
+        self.y.expect.clear()
         for _ in range(2):
             await RisingEdge(self.dut.clk)
         await FallingEdge(self.dut.clk)
@@ -143,65 +143,22 @@ class TB:
             await FallingEdge(d.clk)
             getattr(d, f"{prefix}__en").value = 0
 
-    async def _drive_x(self):
-        d = self.dut
-        presenting = False
-        while True:
-            await FallingEdge(d.clk)
-            if not presenting and self.x_queue and self.rng.random() >= self.idle_in:
-                presenting = True
-                d.x__payload.value = self.x_queue[0] & 0xFF
-            if not self.x_queue:
-                presenting = False
-            d.x__valid.value = int(presenting)
-            await ReadOnly()
-            if int(d.rst.value) or not self.x_queue:
-                presenting = False
-            elif presenting and int(d.x__ready.value):
-                self.x_queue.popleft()
-                self.x_sent += 1
-                presenting = False
-
-    async def _monitor_y(self):
-        d = self.dut
-        stalled = None
-        while True:
-            await FallingEdge(d.clk)
-            ready = self.rng.random() >= self.bp_out
-            d.y__ready.value = int(ready)
-            await ReadOnly()
-            if int(d.rst.value):
-                stalled = None
-                continue
-            valid = int(d.y__valid.value)
-            value = d.y__payload.value.to_signed() if valid else None
-            if stalled is not None and value != stalled:
-                self.errors.append(f"y changed while stalled: {stalled} -> {value}")
-            stalled = value if valid and not ready else None
-            if valid and ready:
-                if not self.expect:
-                    self.errors.append(f"unexpected output {value}")
-                    continue
-                where, exp = self.expect.popleft()
-                if value != exp:
-                    self.errors.append(f"{where} = {value}, expected {exp}")
-
     async def run(self, jobs, *, check_cycles=False):
         """Run ``jobs`` back to back (``start`` held with the next job's shape, so it is taken
         on the edge after ``done``); check outputs, inputs taken and cycle counts."""
         d = self.dut
         for t, job in enumerate(jobs):
-            self.x_queue.extend(job.x.flatten().tolist())
+            self.x.queue.extend(job.x.flatten().tolist())
             exp = job.expected()
             m, _, n = job.shape
-            self.expect.extend(((f"job {t} Y[{r}, {c}]"), int(exp[r, c]))
+            self.y.expect.extend(((f"job {t} Y[{r}, {c}]"), int(exp[r, c]))
                                for r in range(m) for c in range(n))
         await FallingEdge(d.clk)
         assert not int(d.busy.value)
         d.m.value, d.k.value, d.n.value = jobs[0].shape
         d.start.value = 1
         await RisingEdge(d.clk)
-        sent = self.x_sent
+        sent = self.x.sent
         for t, job in enumerate(jobs):
             nxt = jobs[t + 1].shape if t + 1 < len(jobs) else None
             cycles = 1
@@ -221,9 +178,9 @@ class TB:
             assert not self.errors, self.errors[:5]
             m, k, n = job.shape
             sent += m * k
-            assert self.x_sent == sent, f"job {t}: {self.x_sent} inputs taken, expected {sent}"
-            assert not self.expect or not self.expect[0][0].startswith(f"job {t} "), \
-                f"job {t}: done with outputs missing"
+            assert self.x.sent == sent, f"job {t}: {self.x.sent} inputs taken, expected {sent}"
+            pending = self.y.expect[0][0] if self.y.expect else ""
+            assert not pending.startswith(f"job {t} "), f"job {t}: done with outputs missing"
             if check_cycles:
                 assert cycles == job.cycles(), f"job {t}: {cycles} cycles, model {job.cycles()}"
             if nxt is not None:
@@ -248,7 +205,7 @@ def case_list():
 async def test_job(dut, shape, flow):
     """One job against the golden model; exact cycle count when unstalled."""
     tb = await make_tb(dut, f"job{shape}{flow}")
-    tb.idle_in, tb.bp_out = FLOWS[flow]
+    tb.x.idle, tb.y.stall = FLOWS[flow]
     job = Job(tb.gen, *shape)
     await tb.load(job)
     await tb.run([job], check_cycles=flow == "free")
@@ -259,7 +216,7 @@ async def test_back_to_back(dut):
     """Three jobs on the same weights, each started on the edge after the previous ``done``,
     with stalls; then an empty job (M = 0)."""
     tb = await make_tb(dut, "b2b")
-    tb.idle_in, tb.bp_out = FLOWS["both"]
+    tb.x.idle, tb.y.stall = FLOWS["both"]
     m, k, n = shapes()[1]
     first = Job(tb.gen, m, k, n)
     await tb.load(first)
@@ -275,8 +232,8 @@ async def test_reset_mid_job(dut):
     m, k, n = shapes()[1]
     job = Job(tb.gen, m, k, n)
     await tb.load(job)
-    tb.bp_out = 1.0                     # hold the outputs: none is expected from this job
-    tb.x_queue.extend(job.x.flatten().tolist())
+    tb.y.stall = 1.0                     # hold the outputs: none is expected from this job
+    tb.x.queue.extend(job.x.flatten().tolist())
     await FallingEdge(dut.clk)
     dut.m.value, dut.k.value, dut.n.value = job.shape
     dut.start.value = 1
@@ -286,5 +243,5 @@ async def test_reset_mid_job(dut):
         await RisingEdge(dut.clk)
     assert int(dut.busy.value)
     await tb.reset()
-    tb.bp_out = 0.0
+    tb.y.stall = 0.0
     await tb.run([Job(tb.gen, m, k, n, like=job)], check_cycles=True)
