@@ -22,13 +22,31 @@ from .catalogue import BoardError, get_board, toolchain_env
 from .clocks import PLLClock
 
 __all__ = ["BuildError", "EngineOnly", "REQUANT_DSPS", "resolve_config", "make_design",
-           "build", "prepare", "format_report", "DESIGNS"]
+           "build", "prepare", "format_report", "DESIGNS", "NO_COLLISION_SCRIPT"]
 
 #: iCE40 DSPs (``SB_MAC16``) taken by the engine's requantizer (two 16×16 partial products of
 #: its 33×16-bit multiply, see ``PipelinedRequantizer``), not available to the lanes.
 REQUANT_DSPS = 2
 
 DESIGNS = ("auto", "accelerator", "engine")
+
+#: Yosys command run after reading the design: the read ports of these memories may return
+#: anything when the same address is written in the same cycle, so Yosys needs no bypass logic
+#: to emulate Amaranth's "old data" (iCE40 block RAM cannot; ~30 FF and ~20 LUT per RAM).
+#: Audited, no such read is ever used:
+#:
+#: * linear engines (``*.engine``: ``mul``, ``shift``, ``bcq``): weights and parameters are
+#:   written only while the engine is idle (the top answers ``WRITE`` with ``BUSY`` during a
+#:   job), when their reads are ignored; ``mul``/``shift`` row buffer: written only in a row's
+#:   first column group, whose lanes take X from the stream, not from the buffer; ``bcq``
+#:   tables: a build reads entry ``j < 2^t`` and writes ``2^t + j``, queries never overlap a
+#:   build; ``bcq`` accumulators: the write (column n, last plane) and a read that is used
+#:   (column n + 1, first plane) are different columns, and chunks are a table build apart.
+#: * top (``*.core.act``, ``*.core.out``, ``*.core.staging``: ``ByteMemory``): one owner
+#:   per memory and state; their data is read only in states that do not write them. Other
+#:   memories (the top's FIFO, the attention unit) keep Amaranth's semantics.
+NO_COLLISION_SCRIPT = ("setparam -set COLLISION_X_MASK 1 " + " ".join(
+    f"{mod}/t:$memrd_v2" for mod in ("*.engine", "*.core.act", "*.core.out", "*.core.staging")))
 
 
 class BuildError(RuntimeError):
@@ -151,7 +169,7 @@ def prepare(config, board_name, out_dir, *, design="auto", name=None, verilog=Fa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
-                          debug_verilog=verilog)
+                          debug_verilog=verilog, script_after_read=NO_COLLISION_SCRIPT)
     plan.extract(str(out_dir))
     return _Prepared(board, config, kind, name, out_dir, plan, clock_mhz)
 

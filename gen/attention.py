@@ -29,8 +29,9 @@ Three modes (see :class:`amaformer.gen.config.AttentionConfig`):
     ``φ(x) = relu(x) + 1`` (in LSB units), plus an optional causal depthwise convolution of V.
 
 ``linear_angular``
-    Castling-ViT: ``0.5·V + (1/π)·q̂(k̂ᵀV)`` with integer-normalized q̂, k̂ (int8 unit vectors)
-    plus a depthwise convolution of V along tokens (centred kernel).
+    Castling-ViT: ``0.5·V + (1/π)·q̂(k̂ᵀV)`` with integer-normalized q̂, k̂ (unit vectors of norm
+    127 through a table of ``1/sqrt``) plus a depthwise convolution of V along tokens (centred
+    kernel).
 
 All integers are int64 torch tensors; every function is deterministic.
 """
@@ -46,9 +47,10 @@ __all__ = [
     "SoftmaxFormat", "exp2_table", "exp2_fixed", "recip_table", "recip_fixed", "rshift_round",
     "softmax_scales", "attention_softmax", "softmax_reference", "causal_mask", "random_mask",
     "softmax_schedule", "softmax_streams", "softmax_normalize", "attention_linear_causal",
-    "linear_causal_reference", "recip_mantissa",
+    "linear_causal_reference", "recip_mantissa", "rsqrt_table", "unit_int",
     "attention_linear_angular", "linear_angular_reference", "softmax_cycles", "softmax_macs",
-    "softmax_utilization", "linear_causal_cycles_per_token", "attention_engine_from_config",
+    "softmax_utilization", "linear_causal_cycles_per_token", "linear_angular_cycles",
+    "linear_angular_macs", "attention_engine_from_config",
     "cosine", "minilm_attention_inputs",
 ]
 
@@ -368,27 +370,59 @@ def linear_causal_reference(q, k, v, q_scale, k_scale, conv_w=None):
     return out
 
 
-def _unit_int(x, bits=8):
-    """Rows of ``x`` scaled to integer unit vectors: ``round(x·qmax/|x|)`` (exact integer
-    arithmetic through ``isqrt``); a zero row stays zero."""
+def rsqrt_table(table_bits=7, frac_bits=7, qmax=127):
+    """Table of ``qmax/sqrt(u)`` for :func:`unit_int`: ``2^(table_bits+1)`` entries, entry
+    ``i >= 2^(table_bits-1)`` is ``round(qmax·2^frac_bits / sqrt((i + 0.5)/2^(table_bits+1)))``
+    (below ``2^(frac_bits+8)`` for ``qmax = 127``), the unused lower quarter is 0."""
+    n = 1 << (table_bits + 1)
+    return [0 if i < n // 4 else
+            int(math.floor(qmax * (1 << frac_bits) / math.sqrt((i + 0.5) / n) + 0.5))
+            for i in range(n)]
+
+
+def _bit_length(t):
+    """Bit length of non-negative int64 values (0 for 0)."""
+    t = _i64(t)
+    safe = torch.clamp(t, min=1)
+    e = torch.floor(torch.log2(safe.to(torch.float64))).to(torch.int64)
+    e = torch.where((torch.ones_like(e) << e) > safe, e - 1, e)
+    e = torch.where((torch.ones_like(e) << (e + 1)) <= safe, e + 1, e)
+    return torch.where(t > 0, e + 1, 0)
+
+
+def unit_int(x, table_bits=7, frac_bits=7):
+    """Rows of ``x`` scaled to integer unit vectors of norm about 127, the recipe of
+    :class:`amaformer.hdl.attention_units.RsqrtUnit`::
+
+        n2  = Σ x²,  b = bit length of n2,  e2 = ceil(b/2)       so n2/4^e2 is in [1/4, 1)
+        idx = floor(n2·2^(TB+1) / 4^e2)                          TB+1 bits, >= 2^(TB-1)
+        x̂   = rs(x · T[idx], RB + e2)                            T = rsqrt_table(TB, RB)
+
+    (round half up). The table is read at the midpoint of its interval: the relative error of
+    the scale is below ``2^-(TB+1)`` (0.4 % for ``TB = 7``), on top of the rounding to an
+    integer; ``|x̂| <= 128`` (9 bits signed). A zero row stays zero (``T[0] = 0``).
+    """
     x = _i64(x)
-    qm = (1 << (bits - 1)) - 1
     n2 = (x * x).sum(-1)
-    norm = torch.tensor([math.isqrt(int(v)) for v in n2.flatten()], dtype=torch.int64)
-    norm = torch.clamp(norm.reshape(n2.shape), min=1)[..., None]
-    return torch.div(2 * x * qm + norm, 2 * norm, rounding_mode="floor")
+    e2 = (_bit_length(n2) + 1) // 2
+    sh = 2 * e2 - table_bits - 1
+    idx = torch.where(sh >= 0, n2 >> torch.clamp(sh, min=0), n2 << torch.clamp(-sh, min=0))
+    table = torch.tensor(rsqrt_table(table_bits, frac_bits), dtype=torch.int64)
+    r = table[idx]
+    return rshift_round(x * r[..., None], (frac_bits + e2)[..., None])
 
 
 def attention_linear_angular(q, k, v, half_mult, half_shift, ang_mult, ang_shift, conv_w=None,
                              conv_mult=0, conv_shift=0, out_bits=8):
     """Bit-exact linear-angular attention (Castling-ViT), one head, non-causal.
 
-    ``q̂, k̂`` are int8 unit vectors (:func:`_unit_int`); ``G = k̂ᵀV`` (d×d); output
+    ``q̂, k̂`` are integer unit vectors of norm about 127 (:func:`unit_int`); ``G = k̂ᵀV``
+    (d×d); output
     ``y = clamp(rs(v·half_mult, half_shift) + rs(q̂·G·ang_mult, ang_shift) + rs(conv·conv_mult,
     conv_shift))`` with ``conv`` the centred depthwise convolution of V.
     """
     v = _i64(v)
-    qh, kh = _unit_int(q), _unit_int(k)
+    qh, kh = unit_int(q), unit_int(k)
     g = kh.T @ v
     y = rshift_round(v * int(half_mult), int(half_shift))
     y = y + rshift_round((qh @ g) * int(ang_mult), int(ang_shift))
@@ -432,36 +466,45 @@ def softmax_utilization(n, d, lanes, heads=1, keep=None):
                                                                           keep))
 
 
-def linear_causal_cycles_per_token(d, lanes, context):
+def linear_causal_cycles_per_token(d, lanes, context, conv_taps=0):
     """Cycles per decoded token of :class:`amaformer.hdl.attention_linear.LinearCausalAttention`
-    (streams never stalled): ``2·d + d·ceil(d/lanes) + 11``. ``context`` does not enter: the
-    state is ``d×d`` whatever the number of tokens before (checked against the RTL)."""
+    (streams never stalled): ``2·d + d·ceil(d/lanes) + 12`` (``max(d, conv_taps + 1)`` in place
+    of the second ``d`` with a convolution). ``context`` does not enter: the state is ``d×d``
+    whatever the number of tokens before (checked against the RTL)."""
     from amaformer.hdl.attention_linear import linear_causal_token_cycles
     del context
-    return linear_causal_token_cycles(d, lanes)
+    return linear_causal_token_cycles(d, lanes, conv_taps)
+
+
+def linear_angular_cycles(n, d, lanes, conv_taps=0):
+    """Cycles of one :class:`amaformer.hdl.attention_angular.LinearAngularAttention` job (one
+    head, two passes over the tokens, streams never stalled; checked against the RTL)."""
+    from amaformer.hdl.attention_angular import linear_angular_job_cycles
+    return linear_angular_job_cycles(n, d, lanes, conv_taps)
+
+
+def linear_angular_macs(n, d, conv_taps=0):
+    """Useful multiply-accumulates of a linear-angular head: ``N·d²`` for ``k̂ᵀV``, ``N·d²`` for
+    ``q̂·G`` and ``N·d·conv_taps`` for the convolution (normalization and output scaling are not
+    counted)."""
+    return 2 * n * d * d + n * d * conv_taps
 
 
 def attention_engine_from_config(att):
     """The hardware kernel an :class:`~amaformer.gen.config.AttentionConfig` describes:
-    :class:`~amaformer.hdl.attention.SoftmaxAttention` (``softmax``) or
-    :class:`~amaformer.hdl.attention_linear.LinearCausalAttention` (``linear_causal``).
-
-    Raises
-    ------
-    ValueError
-        ``linear_angular`` (golden model only so far) or a ``linear_causal`` convolution.
+    :class:`~amaformer.hdl.attention.SoftmaxAttention` (``softmax``),
+    :class:`~amaformer.hdl.attention_linear.LinearCausalAttention` (``linear_causal``) or
+    :class:`~amaformer.hdl.attention_angular.LinearAngularAttention` (``linear_angular``), the
+    linear modes with ``attention.conv_taps`` taps of depthwise convolution.
     """
     from amaformer.hdl.attention import SoftmaxAttention
+    from amaformer.hdl.attention_angular import LinearAngularAttention
     from amaformer.hdl.attention_linear import LinearCausalAttention
     if att.mode == "softmax":
         return SoftmaxAttention.from_config(att)
     if att.mode == "linear_causal":
-        if att.conv_taps:
-            raise ValueError(f"attention.conv_taps must be 0 for the linear_causal RTL (the "
-                             f"convolution is in the golden model only), not {att.conv_taps!r}")
         return LinearCausalAttention.from_config(att)
-    raise ValueError(f"attention.mode {att.mode!r} has a golden model but no RTL yet; "
-                     f"the RTL modes are 'softmax', 'linear_causal'")
+    return LinearAngularAttention.from_config(att)
 
 
 # --- accuracy helpers -----------------------------------------------------------------------

@@ -11,13 +11,14 @@ from dataclasses import asdict, dataclass
 import torch
 from amaranth.sim import Simulator
 
-from .attention import (SoftmaxFormat, attention_engine_from_config, attention_linear_causal,
-                        attention_softmax, causal_mask, cosine, linear_causal_reference,
+from .attention import (SoftmaxFormat, attention_engine_from_config, attention_linear_angular,
+                        attention_linear_causal, attention_softmax, causal_mask, cosine,
+                        linear_angular_reference, linear_causal_reference,
                         minilm_attention_inputs, random_mask, softmax_reference, softmax_scales,
                         softmax_schedule, softmax_streams)
 from .numerics import quantize, requant_params
 
-__all__ = ["AttentionRun", "run_attention"]
+__all__ = ["AttentionRun", "run_attention", "run_attention_device"]
 
 
 @dataclass
@@ -33,16 +34,24 @@ class AttentionRun:
     bit_exact: bool
     cosine_vs_float: float
     mae_lsb: float
+    device: str = "kernel"      #: "kernel" (the engine alone), "sim" or a serial port
 
     def to_dict(self):
         return asdict(self)
 
 
-def _drive(dut, params_by_head, job, q_beats, kv_beats, n_out, mode):
+def _drive(dut, params_by_head, job, q_beats, kv_beats, n_out, mode, conv_writes=()):
     """Unstalled streams; returns (outputs, cycles from the start edge to the done edge)."""
     out, res = [], {}
 
     async def tb(ctx):
+        for addr, value in conv_writes:
+            ctx.set(dut.cw_wr.addr, addr)
+            ctx.set(dut.cw_wr.data, value)
+            ctx.set(dut.cw_wr.en, 1)
+            await ctx.tick()
+        if conv_writes:
+            ctx.set(dut.cw_wr.en, 0)
         if mode == "softmax":
             from amaformer.hdl.attention import HeadParams
             for h, (sm, ss, om, os_) in enumerate(params_by_head):
@@ -86,6 +95,17 @@ def _drive(dut, params_by_head, job, q_beats, kv_beats, n_out, mode):
     if len(out) != n_out:
         raise RuntimeError(f"the kernel produced {len(out)} outputs, expected {n_out}")
     return torch.tensor(out), res["cycles"]
+
+
+def _conv_weights(taps, d, seed):
+    """Seeded random float depthwise-convolution weights (``taps×d``, N(0, 0.2²)) and their
+    int8 quantization ``(w, wq, scale)``; ``(None, None, 0)`` without taps."""
+    if not taps:
+        return None, None, 0.0
+    w = torch.randn(taps, d, generator=torch.Generator().manual_seed(1000 + seed),
+                    dtype=torch.float64) * 0.2
+    wq, ws = quantize(w)
+    return w, wq, float(ws)
 
 
 def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=0):
@@ -135,26 +155,65 @@ def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=
                              kv_beats, heads * n * d, "softmax")
         from amaformer.hdl.attention import softmax_cycle_model
         model = softmax_cycle_model(n, d, att.lanes, heads, softmax_schedule(n, att.lanes, keep))
-    else:
-        mask = "causal"
+    elif att.mode == "linear_angular":
+        mask = "none"
+        from amaformer.hdl.attention_angular import conv_weight_writes, linear_angular_job_cycles
         got_all, exp, ref, so, cycles = [], [], [], [], 0
-        from amaformer.hdl.attention_linear import linear_causal_job_cycles
+        cw, cq, cs = _conv_weights(att.conv_taps, d, seed)    # one set, written before each head
         for h in range(heads):
             (qq, sq), (kq, sk), (vq, sv) = quantize(qf[h]), quantize(kf[h]), quantize(vf[h])
-            r = linear_causal_reference(qf[h], kf[h], vf[h], float(sq), float(sk))
+            r = linear_angular_reference(qf[h], kf[h], vq.double() * float(sv),
+                                         None if cw is None else cq.double() * cs)
             s_out = max(float(r.abs().max()), 1e-12) / 127
-            om, os_ = (int(x) for x in requant_params(float(sv) / (s_out * (1 << fmt.guard_bits))))
-            exp.append(attention_linear_causal(qq, kq, vq, om, os_, fmt=fmt))
+            hm, hs = (int(x) for x in requant_params(0.5 * float(sv) / s_out))
+            am, ash = (int(x) for x in requant_params(float(sv) / (math.pi * 127 * 127 * s_out)))
+            job = {"tokens": n, "dim": d, "half_mult": hm, "half_shift": hs, "ang_mult": am,
+                   "ang_shift": ash}
+            if cw is not None:
+                cm, csh = (int(x) for x in requant_params(cs * float(sv) / s_out))
+                job.update(conv_mult=cm, conv_shift=csh)
+                exp.append(attention_linear_angular(qq, kq, vq, hm, hs, am, ash, cq, cm, csh))
+            else:
+                exp.append(attention_linear_angular(qq, kq, vq, hm, hs, am, ash))
             ref.append(r)
             so.append(s_out)
             beats = [{"q": int(qq[t, i]), "k": int(kq[t, i]), "v": int(vq[t, i])}
                      for t in range(n) for i in range(d)]
-            g, c = _drive(dut, None, {"tokens": n, "dim": d, "clear": 1, "out_mult": om,
-                                      "out_shift": os_}, beats, [], n * d, "linear")
+            g, c = _drive(dut, None, job, beats * 2, [], n * d, "linear",
+                          () if cw is None else conv_weight_writes(cq, dut.lanes, dut.max_dim))
             got_all.append(g)
             cycles += c
         got = torch.cat(got_all)
-        model = heads * linear_causal_job_cycles(n, d, dut.lanes)
+        model = heads * linear_angular_job_cycles(n, d, dut.lanes, att.conv_taps)
+    else:
+        mask = "causal"
+        got_all, exp, ref, so, cycles = [], [], [], [], 0
+        from amaformer.hdl.attention_angular import conv_weight_writes
+        from amaformer.hdl.attention_linear import linear_causal_job_cycles
+        cw, cq, cs = _conv_weights(att.conv_taps, d, seed)    # one set, written before each head
+        for h in range(heads):
+            (qq, sq), (kq, sk), (vq, sv) = quantize(qf[h]), quantize(kf[h]), quantize(vf[h])
+            r = linear_causal_reference(qf[h], kf[h], vf[h], float(sq), float(sk),
+                                        None if cw is None else cq.double() * cs)
+            s_out = max(float(r.abs().max()), 1e-12) / 127
+            om, os_ = (int(x) for x in requant_params(float(sv) / (s_out * (1 << fmt.guard_bits))))
+            job = {"tokens": n, "dim": d, "clear": 1, "out_mult": om, "out_shift": os_}
+            if cw is not None:
+                cm, csh = (int(x) for x in requant_params(cs * float(sv) / s_out))
+                job.update(conv_mult=cm, conv_shift=csh)
+                exp.append(attention_linear_causal(qq, kq, vq, om, os_, cq, cm, csh, fmt=fmt))
+            else:
+                exp.append(attention_linear_causal(qq, kq, vq, om, os_, fmt=fmt))
+            ref.append(r)
+            so.append(s_out)
+            beats = [{"q": int(qq[t, i]), "k": int(kq[t, i]), "v": int(vq[t, i])}
+                     for t in range(n) for i in range(d)]
+            g, c = _drive(dut, None, job, beats, [], n * d, "linear",
+                          () if cw is None else conv_weight_writes(cq, dut.lanes, dut.max_dim))
+            got_all.append(g)
+            cycles += c
+        got = torch.cat(got_all)
+        model = heads * linear_causal_job_cycles(n, d, dut.lanes, att.conv_taps)
     exp = torch.stack(exp)
     scale = torch.tensor(so, dtype=torch.float64)[:, None, None]
     y = got.reshape(heads, n, d).double() * scale
@@ -164,3 +223,91 @@ def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=
         model_cycles=model, bit_exact=bool(torch.equal(got.reshape(heads, n, d), exp)),
         cosine_vs_float=round(cosine(y, ref), 6),
         mae_lsb=round(float(((y - ref).abs() / scale).mean()), 4))
+
+
+def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens=16,
+                         mask="dense", seed=0, timeout=2.0, retries=3):
+    """Run one ``RUN_ATTENTION`` job through the host driver on ``device``: ``"sim"`` (the
+    configuration's top, with the attention unit, in Amaranth's simulator) or a serial port
+    (a board running that configuration's bitstream).
+
+    Q, K, V come from all-MiniLM-L6-v2 layer ``layer`` on ``sentence`` (heads and head dimension
+    cut to ``config.attention``) or are random (``tokens``, ``seed``), quantized to int8 per
+    head; the output is compared bit for bit with the golden model and with float PyTorch, the
+    cycle count with :func:`amaformer.gen.cost.attention_cycles`. ``mask`` as in
+    :func:`run_attention` (``linear_causal``: always causal; ``linear_angular``: none).
+
+    Raises
+    ------
+    OSError, amaformer.host.DeviceError
+        The serial port cannot be opened, or the device does not answer or differs from
+        ``config`` (which is taken with ``attention.enabled = true``).
+    """
+    import dataclasses
+
+    from .cost import attention_cycles
+    from .run import open_device
+
+    att = dataclasses.replace(config.attention, enabled=True)
+    config = config.replace(attention=att)
+    if sentence is not None:
+        _, _, qf, kf, vf = minilm_attention_inputs([sentence], layers=[layer])[0]
+        qf, kf, vf = (t[:att.heads, :att.max_tokens, :att.head_dim] for t in (qf, kf, vf))
+    else:
+        g = torch.Generator().manual_seed(seed)
+        qf, kf, vf = (torch.randn(att.heads, min(tokens, att.max_tokens), att.head_dim,
+                                  generator=g, dtype=torch.float64) for _ in range(3))
+    heads, n, d = qf.shape
+    fmt = SoftmaxFormat.from_config(att)
+    quant = [tuple(quantize(t[h]) for t in (qf, kf, vf)) for h in range(heads)]
+    q, k, v = (torch.stack([qq[i][0] for qq in quant]) for i in range(3))
+    scales = [tuple(float(x[1]) for x in qq) for qq in quant]          # (sq, sk, sv) per head
+    dev = open_device(device, config, timeout=timeout, retries=retries)
+    try:
+        if att.mode == "softmax":
+            keep = {"dense": None, "causal": causal_mask(n),
+                    "sparse": random_mask(n, 0.25, torch.Generator().manual_seed(seed))}[mask]
+            prm = [softmax_scales(sq, sk, sv, sv, d, fmt) for sq, sk, sv in scales]
+            sm, ss, om, os_ = (torch.tensor(x) for x in zip(*prm))
+            got = dev.attention(q, k, v, om, os_, score_mult=sm, score_shift=ss,
+                                mask={"dense": None, "causal": "causal"}.get(mask, keep))
+            exp = torch.stack([attention_softmax(q[h], k[h], v[h], *prm[h], keep=keep, fmt=fmt)
+                               for h in range(heads)])
+            ref = softmax_reference(qf, kf, vf, keep)
+            so = [sv for _, _, sv in scales]
+        elif att.mode == "linear_angular":
+            mask, keep = "dense", None
+            ref = torch.stack([linear_angular_reference(qf[h], kf[h], v[h].double() * sv)
+                               for h, (_, _, sv) in enumerate(scales)])
+            so = [max(float(r.abs().max()), 1e-12) / 127 for r in ref]
+            hm, hs, am, ash = zip(*(
+                tuple(int(x) for x in requant_params(0.5 * sv / s))
+                + tuple(int(x) for x in requant_params(sv / (math.pi * 127 * 127 * s)))
+                for (_, _, sv), s in zip(scales, so)))
+            got = dev.attention(q, k, v, list(am), list(ash), half_mult=list(hm),
+                                half_shift=list(hs))
+            exp = torch.stack([attention_linear_angular(q[h], k[h], v[h], hm[h], hs[h], am[h],
+                                                        ash[h]) for h in range(heads)])
+        else:
+            mask, keep = "causal", None
+            ref = torch.stack([linear_causal_reference(qf[h], kf[h], vf[h], sq, sk)
+                               for h, (sq, sk, _) in enumerate(scales)])
+            so = [max(float(r.abs().max()), 1e-12) / 127 for r in ref]
+            om, os_ = zip(*((int(a), int(b)) for a, b in (
+                requant_params(sv / (s * (1 << fmt.guard_bits)))
+                for (_, _, sv), s in zip(scales, so))))
+            got = dev.attention(q, k, v, list(om), list(os_), mask="causal")
+            exp = torch.stack([attention_linear_causal(q[h], k[h], v[h], om[h], os_[h], fmt=fmt)
+                               for h in range(heads)])
+        cycles = dev.last_cycles
+    finally:
+        dev.close()
+    model = attention_cycles(att.mode, heads, n, d, dev.info.att_lanes, mask=mask, keep=keep,
+                             conv_taps=dev.info.att_conv_taps)
+    scale = torch.tensor(so, dtype=torch.float64)[:, None, None]
+    y = got.to(torch.float64) * scale
+    return AttentionRun(
+        mode=att.mode, heads=heads, tokens=n, head_dim=d, mask=mask, cycles=cycles,
+        model_cycles=model, bit_exact=bool(torch.equal(got.to(torch.int64), exp)),
+        cosine_vs_float=round(cosine(y, ref), 6),
+        mae_lsb=round(float(((y - ref).abs() / scale).mean()), 4), device=device)

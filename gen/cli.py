@@ -348,7 +348,7 @@ def cmd_run(args):
 @subcommand(
     "attention", "run the configuration's attention kernel (RTL, simulated) on real or random data",
     _config_arg(),
-    arg("--mode", choices=["softmax", "linear_causal"], default=None,
+    arg("--mode", choices=["softmax", "linear_causal", "linear_angular"], default=None,
         help="override attention.mode of the configuration"),
     arg("--sentence", default=None, help="take Q, K, V of all-MiniLM-L6-v2 on this sentence "
                                          "(default: random data, --tokens, --seed)"),
@@ -357,30 +357,51 @@ def cmd_run(args):
     arg("--mask", choices=["dense", "causal", "sparse"], default="dense",
         help="softmax mask (default dense; attention.causal forces causal)"),
     arg("--seed", type=int, default=0, help="seed of random data and masks (default 0)"),
+    arg("--device", "-d", metavar="D", default=None,
+        help="run through the host driver on 'sim' (the configuration's whole top, with the "
+             "attention unit, in Amaranth's simulator) or a serial port such as /dev/ttyUSB1 "
+             "(a board built with attention.enabled = true); default: the kernel alone"),
+    arg("--timeout", type=float, default=2.0, metavar="S",
+        help="--device: seconds to wait for each response (default 2)"),
+    arg("--retries", type=int, default=3, help="--device: resends of a failed exchange "
+                                               "(default 3)"),
     arg("--json", metavar="F", default=None, help="also write the figures to F"),
     description="Generate the attention kernel of the configuration's [attention] section, run "
-                "one multi-head job in Amaranth's simulator and compare every output with the "
-                "bit-exact golden model, the cycle count with the cycle model, and the result "
-                "with float PyTorch (scaled_dot_product_attention, or the linear-attention "
-                "formula). Exit status 0 when bit-exact, 1 otherwise.")
+                "one multi-head job in Amaranth's simulator (or, with --device, through the "
+                "host driver on the simulated accelerator or a board) and compare every output "
+                "with the bit-exact golden model, the cycle count with the cycle model, and the "
+                "result with float PyTorch (scaled_dot_product_attention, or the "
+                "linear-attention formula). Exit status 0 when bit-exact, 1 otherwise.")
 def cmd_attention(args):
     import dataclasses
     import json
-    from .attention_run import run_attention
+    from ..host import DeviceError
+    from .attention_run import run_attention, run_attention_device
 
     config = _load(args.config)
     att = config.attention
     if args.mode is not None and args.mode != att.mode:
         att = dataclasses.replace(att, mode=args.mode, causal=args.mode == "linear_causal",
-                                  sparse=False, conv_taps=0)
+                                  sparse=False, conv_taps=0, enabled=False)
     if not 1 <= args.tokens <= att.max_tokens:
         raise CliError(f"--tokens must be in [1, {att.max_tokens}] (attention.max_tokens), "
                        f"not {args.tokens}")
     try:
-        res = run_attention(att, sentence=args.sentence, layer=args.layer, tokens=args.tokens,
-                            mask=args.mask, seed=args.seed)
+        if args.device is None:
+            res = run_attention(att, sentence=args.sentence, layer=args.layer,
+                                tokens=args.tokens, mask=args.mask, seed=args.seed)
+        else:
+            mask = "causal" if att.causal and args.mask == "dense" else args.mask
+            res = run_attention_device(
+                config.replace(attention=dataclasses.replace(att, enabled=True)), args.device,
+                sentence=args.sentence, layer=args.layer, tokens=args.tokens, mask=mask,
+                seed=args.seed, timeout=args.timeout, retries=args.retries)
     except ValueError as e:
         raise CliError(str(e)) from None
+    except OSError as e:
+        raise RunError(str(e)) from None
+    except DeviceError as e:
+        raise RunError(f"device {args.device}: {e}") from None
     print(f"{res.mode} attention, {res.heads} head(s) x {res.tokens} tokens x d={res.head_dim} "
           f"({res.mask}): bit-exact {res.bit_exact}, {res.cycles} cycles (model "
           f"{res.model_cycles}), cosine vs float {res.cosine_vs_float:.6f}, "

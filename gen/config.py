@@ -68,6 +68,10 @@ class LinearConfig:
     bcq_group : int or None
         ``bcq``: inputs sharing one α (per output column and plane); ``None`` for the whole row.
         A multiple of the table chunk ``8·lanes``.
+    enabled : bool
+        Put the linear engine in the accelerator (default). ``false`` leaves it out (``RUN``
+        answers OPCODE), for an accelerator that only runs attention
+        (``attention.enabled = true``).
     """
     mode: str = "mul"
     lanes: int = 8
@@ -81,9 +85,12 @@ class LinearConfig:
     shift_levels: int = 7
     bcq_bits: int = 2
     bcq_group: int | None = None
+    enabled: bool = True
 
     def __post_init__(self):
         _check_choice("linear.mode", self.mode, LINEAR_MODES)
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"linear.enabled must be true or false, not {self.enabled!r}")
         _check_int("linear.shift_levels", self.shift_levels, 1, 7)
         _check_int("linear.bcq_bits", self.bcq_bits, 1, 4)
         if self.bcq_group is not None:
@@ -157,6 +164,7 @@ class UartConfig:
 
 
 ATTENTION_MODES = ("softmax", "linear_causal", "linear_angular")
+LUT_MACS = ("none", "scale", "all")
 
 
 @dataclass(frozen=True)
@@ -188,6 +196,14 @@ class AttentionConfig:
         ``softmax``: a fixed sparse mask decides per block which keys stream past which lanes.
     conv_taps : int
         Linear modes: taps of the depthwise convolution over V along tokens (0: none).
+    lut_macs : str
+        Multipliers built from logic instead of DSP blocks, for devices with few DSPs
+        (iCE40UP5K: 8): ``"none"``, ``"scale"`` (softmax: only the wide logit scaling; the lane
+        MACs stay on DSPs) or ``"all"``. Same arithmetic.
+    enabled : bool
+        Put the attention unit in the accelerator, behind the command interface
+        (``RUN_ATTENTION``); with a convolution in ``linear_causal`` only. Off by default: the unit
+        does not fit an iCE40UP5K next to the linear engine (build it for an ECP5 board).
     """
     mode: str = "softmax"
     heads: int = 12
@@ -203,6 +219,8 @@ class AttentionConfig:
     causal: bool = False
     sparse: bool = False
     conv_taps: int = 0
+    lut_macs: str = "none"
+    enabled: bool = False
 
     def __post_init__(self):
         _check_choice("attention.mode", self.mode, ATTENTION_MODES)
@@ -218,7 +236,11 @@ class AttentionConfig:
                    self.recip_table_bits + 2, 24)
         _check_int("attention.guard_bits", self.guard_bits, 0, self.recip_bits - 1)
         _check_int("attention.conv_taps", self.conv_taps, 0, 64)
-        for name in ("causal", "sparse"):
+        _check_choice("attention.lut_macs", self.lut_macs, LUT_MACS)
+        if self.lut_macs == "scale" and self.mode != "softmax":
+            raise ConfigError(f"attention.lut_macs must be 'none' or 'all' in mode "
+                              f"{self.mode!r} ('scale' is the softmax logit scaling), not 'scale'")
+        for name in ("causal", "sparse", "enabled"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"attention.{name} must be true or false, "
                                   f"not {getattr(self, name)!r}")
@@ -239,6 +261,10 @@ class AttentionConfig:
         if self.conv_taps > self.max_tokens:
             raise ConfigError(f"attention.conv_taps must be at most attention.max_tokens = "
                               f"{self.max_tokens}, not {self.conv_taps!r}")
+        if self.enabled and self.conv_taps and self.mode == "linear_angular":
+            raise ConfigError(f"attention.conv_taps must be 0 for linear_angular with "
+                              f"attention.enabled = true (through the top, the convolution "
+                              f"runs in linear_causal only), not {self.conv_taps!r}")
 
 
 @dataclass(frozen=True)
@@ -278,6 +304,9 @@ class AcceleratorConfig:
                           ("attention", AttentionConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, not {getattr(self, name)!r}")
+        if not self.linear.enabled and not self.attention.enabled:
+            raise ConfigError("linear.enabled and attention.enabled must not both be false "
+                              "(the accelerator would have no engine)")
 
     def replace(self, **changes):
         """Return a copy with top-level fields replaced (validated again)."""

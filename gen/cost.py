@@ -6,7 +6,7 @@ RTL cycle for cycle.
 """
 
 __all__ = ["linear_cycles", "linear_macs", "linear_utilization", "shift_cycles", "bcq_cycles",
-           "bcq_macs_per_cycle"]
+           "bcq_macs_per_cycle", "attention_cycles"]
 
 #: LinearEngine: cycles from issuing the last k of a group until the lanes may issue the last k
 #: of the next group, beyond the drain of the group's columns (one column per cycle).
@@ -47,13 +47,13 @@ def linear_utilization(m, k, n, lanes):
 
 
 def shift_cycles(m, k, n, lanes):
-    """Cycles of one job on a ``ShiftEngine``: the ``LinearEngine`` dataflow, so
-    :func:`linear_cycles`."""
+    """Cycles of one job on a :class:`~amaformer.hdl.shift.ShiftEngine`, which keeps the
+    ``LinearEngine`` schedule and pipeline depth (only its lanes differ): :func:`linear_cycles`."""
     return linear_cycles(m, k, n, lanes)
 
 
 #: BcqEngine: cycles from the last query issue to ``done`` (pipeline, requantizer, y).
-BCQ_TAIL = 13
+BCQ_TAIL = 15
 
 
 def bcq_cycles(m, k, n, slots, planes):
@@ -75,3 +75,25 @@ def bcq_cycles(m, k, n, slots, planes):
 def bcq_macs_per_cycle(slots, planes):
     """Peak MAC-equivalents per cycle while querying: ``8·slots / planes``."""
     return 8 * slots / planes
+
+
+def attention_cycles(mode, heads, tokens, dim, lanes, *, mask="dense", keep=None, conv_taps=0):
+    """Cycles of one ``RUN_ATTENTION`` job through the top (start edge to done edge): the
+    sequencer's reads from the single-port activation memory (two per ``kv`` beat, three per
+    ``qkv`` beat) and the engine's pipeline. Exact; defined next to the RTL as
+    :func:`amaformer.hdl.attention_top.attention_job_cycles`.
+
+    ``mask`` (``softmax``): ``"dense"``, ``"causal"`` or ``"sparse"`` with ``keep`` the N×N
+    bool mask. ``lanes``: the unit's (``IDENT`` ``att_lanes``); ``conv_taps``: its convolution
+    (``linear_causal``, ``IDENT`` ``att_conv_taps``)."""
+    from amaformer.hdl.attention_top import attention_job_cycles
+
+    from .attention import causal_mask, softmax_schedule
+    if mode != "softmax":
+        return attention_job_cycles(mode, heads, tokens, dim, lanes, conv_taps=conv_taps)
+    if mask == "causal":
+        keep = causal_mask(tokens)
+    elif mask == "dense":
+        keep = None
+    return attention_job_cycles(mode, heads, tokens, dim, lanes,
+                                softmax_schedule(tokens, lanes, keep), sparse=mask == "sparse")

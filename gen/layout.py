@@ -57,16 +57,22 @@ def pack_requant_params(bias, mult, shift):
 def pack_shift_weights(w_int, lanes):
     """Weight-buffer words of the ``shift`` engine for ``K×N`` weights in ``{0, ±2^s}``.
 
-    Same word layout as :func:`pack_linear_weights` with 4-bit codes: bit 3 negative, bits
-    ``[0:3]`` 0 for zero or ``s + 1`` for ``±2^s`` (``s`` in 0..6).
+    Same word layout as :func:`pack_linear_weights` with 4-bit codes
+    (:data:`amaformer.hdl.shift.SHIFT_CODE_BITS`): bits ``[0:3]`` hold ``s`` for ``±2^s``
+    (``s`` in 0..6) or 7 for zero, bit 3 is set for negative weights. Columns past N in the last
+    group hold the zero code.
     """
+    from ..hdl.shift import SHIFT_ZERO
     w = torch.as_tensor(w_int).to(torch.int64)
     a = w.abs()
     if bool(torch.any((a > 64) | ((a & (a - 1)) != 0))):
         raise ValueError("shift weights must be 0 or ±2^s with s in [0, 6]")
-    mag = torch.where(a == 0, 0, torch.log2(a.clamp(min=1).double()).round().to(torch.int64) + 1)
-    codes = mag | torch.where(w < 0, 8, 0)
-    return pack_linear_weights(codes, lanes, bits=4)
+    k, n = w.shape
+    groups = -(-n // lanes)
+    s = torch.full((k, groups * lanes), SHIFT_ZERO, dtype=torch.int64)
+    exp = torch.log2(a.clamp(min=1).double()).round().to(torch.int64)
+    s[:, :n] = torch.where(a == 0, SHIFT_ZERO, exp) | torch.where(w < 0, 8, 0)
+    return pack_linear_weights(s, lanes, bits=4)
 
 
 def _alpha_table():

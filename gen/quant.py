@@ -16,6 +16,12 @@ and the hardware computes ``X·W_int`` exactly (see :mod:`amaformer.gen.golden`)
     (least-squares α for fixed B, B re-assigned for fixed α). Finally α is divided by a column
     scale and rounded to a sum of at most ``ALPHA_TERMS`` signed powers of two ``±2^e``,
     ``e`` in ``[0, ALPHA_EXP_MAX]``, and B is re-assigned once more for the rounded α.
+Error compensation
+    With ``hessian=hessian(x)`` from calibration inputs ``x``, both quantizers minimize the
+    layer's output error ``‖X·Ŵ − X·W‖`` instead of the weight error: they quantize inputs (shift)
+    or α groups (bcq) in order and move each rounding error onto the inputs not yet quantized
+    (GPTQ; ShiftAddLLM does the same for BCQ). Use calibration text that is not the evaluation
+    text.
 """
 
 import itertools
@@ -27,7 +33,7 @@ import torch
 from ..hdl.shiftadd import ALPHA_EXP_MAX, ALPHA_TERMS
 
 __all__ = ["ShiftWeights", "BcqWeights", "quantize_shift", "quantize_bcq", "round_pow2_sum",
-           "relative_error", "layer_sensitivity", "allocate_bits"]
+           "hessian", "relative_error", "layer_sensitivity", "allocate_bits"]
 
 
 @dataclass
@@ -88,7 +94,7 @@ def _check_weights(w):
     return w.detach().to(torch.float64)
 
 
-def quantize_shift(w, levels=7):
+def quantize_shift(w, levels=7, hessian=None):
     """Power-of-two quantization, one scale per output column (see the module docstring).
 
     Parameters
@@ -97,6 +103,10 @@ def quantize_shift(w, levels=7):
         ``K×N`` float weights.
     levels : int
         Number of magnitudes ``2^0 .. 2^(levels-1)``, 1 to 7.
+    hessian : torch.Tensor or None
+        ``K×K`` from :func:`hessian` (calibration inputs): quantize input by input and move
+        each rounding error onto the inputs not yet quantized (GPTQ), which minimizes the
+        layer's *output* error. ``None``: round every weight to its nearest level.
     """
     if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= 7:
         raise ValueError(f"levels must be an integer in [1, 7], not {levels!r}")
@@ -115,7 +125,28 @@ def quantize_shift(w, levels=7):
             best_err = torch.where(better, err, best_err)
             best_q = torch.where(better, q, best_q)
             best_s = torch.where(better, scale, best_s)
+    if hessian is not None:
+        k = w.shape[0]
+        best_q = _shift_compensated(w, _hessian_factor(hessian, k, k), best_s, levels)
     return ShiftWeights(best_q.to(torch.int64), best_s, levels)
+
+
+def _shift_compensated(w, u, scale, levels, block=64):
+    """GPTQ with power-of-two levels: rows (inputs) in order, each rounded and its error moved
+    onto the later rows; blocks of ``block`` rows update the rest at once (same result)."""
+    w = w.clone()
+    k = w.shape[0]
+    q = torch.empty_like(w)
+    for b0 in range(0, k, block):
+        b1 = min(b0 + block, k)
+        start = w[b0:b1].clone()
+        for i in range(b0, b1):
+            q[i] = _round_pow2(w[i] / scale, levels - 1)
+            d = q[i] * scale - w[i]
+            w[i + 1:b1] += torch.outer(u[i, i + 1:b1] / u[i, i], d)
+        w[b0:b1] = start
+        _compensate(w, u, b0, b1, q[b0:b1] * scale)
+    return q
 
 
 def _round_pow2(r, emax):
@@ -150,7 +181,7 @@ def _assign(v, alpha, combos):
     return combos[idx]
 
 
-def quantize_bcq(w, bits, group=None, iters=15):
+def quantize_bcq(w, bits, group=None, iters=15, hessian=None):
     """Binary-coding quantization (see the module docstring).
 
     Parameters
@@ -163,6 +194,11 @@ def quantize_bcq(w, bits, group=None, iters=15):
         Inputs per α group, a multiple of 8; ``None`` for the whole row (``K``).
     iters : int
         Rounds of alternating refinement.
+    hessian : torch.Tensor or None
+        ``K×K`` from :func:`hessian` (calibration inputs): quantize group by group and move
+        each group's error onto the inputs not yet quantized (GPTQ-style compensation, as
+        ShiftAddLLM), which minimizes the layer's *output* error; the column scale comes from
+        a plain fit first. ``None``: minimize ``‖Ŵ − W‖`` per group.
 
     Returns
     -------
@@ -184,9 +220,29 @@ def quantize_bcq(w, bits, group=None, iters=15):
     # P = N·G problems of length `group`
     v = pad.reshape(ng, group, n).permute(2, 0, 1).reshape(n * ng, group)
     msk = mask.reshape(ng, group).expand(n, ng, group).reshape(n * ng, group)
-    cnt = msk.sum(1).clamp(min=1)
     combos = _combos(bits)
+    B, alpha = _fit_bcq(v, msk, bits, iters, combos)
 
+    # α to integers: one scale per column, then sums of signed powers of two.
+    alpha_n = alpha.reshape(n, ng, bits)
+    scale = alpha_n.abs().amax((1, 2)).clamp(min=1e-12) / (1 << ALPHA_EXP_MAX)
+    if hessian is None:
+        a_int = round_pow2_sum(alpha_n / scale[:, None, None])
+        B = _assign(v, (a_int * scale[:, None, None]).reshape(n * ng, bits), combos)
+        planes = B.reshape(n, ng * group, bits).permute(2, 1, 0)[:, :k, :]
+    else:
+        planes, a_int = _bcq_compensated(pad, mask, _hessian_factor(hessian, k, ng * group),
+                                         scale, bits, group, iters, combos)
+        planes = planes[:, :k, :]
+    return BcqWeights(planes.to(torch.int64).contiguous(),
+                      a_int.permute(2, 1, 0).to(torch.int64).contiguous(), scale, group)
+
+
+def _fit_bcq(v, msk, bits, iters, combos):
+    """Float BCQ of ``P`` problems ``v`` (``P×g``, ``msk`` 1 where an input exists): greedy
+    start, then ``iters`` rounds of least-squares α and re-assigned codes. Returns the codes
+    ``P×g×q`` and α ``P×q``."""
+    cnt = msk.sum(1).clamp(min=1)
     r = v.clone()
     planes, alphas = [], []
     for _ in range(bits):                       # greedy start
@@ -204,15 +260,73 @@ def quantize_bcq(w, bits, group=None, iters=15):
         rhs = (Bm.transpose(1, 2) @ v.unsqueeze(-1)).squeeze(-1)
         alpha = torch.linalg.solve(gram, rhs)
         B = _assign(v, alpha, combos)
+    return B, alpha
 
-    # α to integers: one scale per column, then sums of signed powers of two.
-    alpha_n = alpha.reshape(n, ng, bits)
-    scale = alpha_n.abs().amax((1, 2)).clamp(min=1e-12) / (1 << ALPHA_EXP_MAX)
-    a_int = round_pow2_sum(alpha_n / scale[:, None, None])
-    B = _assign(v, (a_int * scale[:, None, None]).reshape(n * ng, bits), combos)
-    planes = B.reshape(n, ng * group, bits).permute(2, 1, 0)[:, :k, :]
-    return BcqWeights(planes.to(torch.int64).contiguous(),
-                      a_int.permute(2, 1, 0).to(torch.int64).contiguous(), scale, group)
+
+def _bcq_compensated(pad, mask, u, scale, bits, group, iters, combos):
+    """Group-by-group BCQ with error compensation (GPTQ / ShiftAddLLM): each group of inputs is
+    fitted and rounded (α to signed powers of two of the column ``scale``), and its error is
+    spread over the inputs not yet quantized by the optimal update ``W_R += (U_BB⁻¹ U_BR)ᵀ ·
+    (Q_B − W_B)`` with ``U`` the upper Cholesky factor of ``H⁻¹``. Returns planes ``q×K'×N``
+    and integer α ``N×G×q``."""
+    w = pad.clone()
+    kp, n = w.shape
+    planes = torch.empty(bits, kp, n, dtype=torch.float64)
+    a_ints = []
+    for b0 in range(0, kp, group):
+        blk = slice(b0, b0 + group)
+        v = w[blk].T.contiguous()                                    # N×g
+        msk = mask[blk, 0].expand(n, group)
+        _, alpha = _fit_bcq(v, msk, bits, iters, combos)
+        a_int = round_pow2_sum(alpha / scale[:, None])                # N×q
+        B = _assign(v, a_int * scale[:, None], combos)                # N×g×q
+        q_blk = (B * (a_int * scale[:, None]).unsqueeze(1)).sum(-1).T * mask[blk]
+        _compensate(w, u, b0, min(b0 + group, kp), q_blk)
+        planes[:, blk, :] = B.permute(2, 1, 0)
+        a_ints.append(a_int)
+    return planes, torch.stack(a_ints, 1)
+
+
+def hessian(x, damp=0.1):
+    """Proxy Hessian ``XᵀX / R`` of a layer's output error from calibration inputs ``x``
+    (``R×K``, one row per token), with ``damp · mean(diag)`` added to the diagonal so it is
+    positive definite and does not overfit when there are fewer calibration tokens than inputs
+    (0.1 rather than GPTQ's 0.01: MiniLM's 1536-input layers see ~550 calibration tokens). Pass it as ``hessian=`` to the quantizers to make them minimize
+    ``‖X·Ŵ − X·W‖`` instead of ``‖Ŵ − W‖``."""
+    x = torch.as_tensor(x).to(torch.float64)
+    if x.dim() != 2 or x.shape[0] < 1:
+        raise ValueError(f"x must be an R×K matrix of calibration inputs, not shape "
+                         f"{tuple(x.shape)}")
+    if isinstance(damp, bool) or not isinstance(damp, (int, float)) or not damp > 0:
+        raise ValueError(f"damp must be a positive number, not {damp!r}")
+    h = x.T @ x / x.shape[0]
+    return h + torch.eye(h.shape[0], dtype=torch.float64) * damp * h.diagonal().mean().clamp(
+        min=1e-12)
+
+
+def _hessian_factor(h, k, kp):
+    """Upper Cholesky factor ``U`` of ``H⁻¹`` (``H⁻¹ = UᵀU``), ``H`` padded to ``kp`` inputs with
+    an identity block (padding inputs get no compensation)."""
+    h = torch.as_tensor(h).to(torch.float64)
+    if h.shape != (k, k):
+        raise ValueError(f"hessian must be K×K = {k}×{k}, not {tuple(h.shape)}")
+    hp = torch.eye(kp, dtype=torch.float64)
+    hp[:k, :k] = h
+    try:
+        chol = torch.linalg.cholesky(hp)
+    except torch.linalg.LinAlgError:
+        raise ValueError("hessian must be symmetric positive definite (use hessian(x) with "
+                         "damp > 0)") from None
+    return torch.linalg.cholesky(torch.cholesky_inverse(chol), upper=True)
+
+
+def _compensate(w, u, b0, b1, q_blk):
+    """Fix rows ``b0:b1`` of ``w`` to ``q_blk`` and move their error onto the later rows."""
+    d = q_blk - w[b0:b1]
+    if b1 < w.shape[0]:
+        coef = torch.linalg.solve_triangular(u[b0:b1, b0:b1], u[b0:b1, b1:], upper=True)
+        w[b1:] += coef.T @ d
+    w[b0:b1] = q_blk
 
 
 def relative_error(approx, exact):

@@ -72,10 +72,12 @@ class SoftmaxAttention(wiring.Component):
         Largest head dimension d, token count N and head count of a job.
     exp_frac_bits, p_bits, recip_table_bits, recip_bits, recip_mant_bits, guard_bits : int
         Fixed-point format (:class:`amaformer.gen.attention.SoftmaxFormat`).
-    lut_macs : bool
+    lut_macs : bool or str
         Build the lanes' multipliers (score, logit scaling, weighted sum) from logic
         (:func:`amaformer.hdl.linear.lut_multiply`) instead of DSP blocks, for devices with few
-        DSPs (iCE40UP5K: 8). Same arithmetic.
+        DSPs (iCE40UP5K: 8); ``"scale"``: only the logit scaling (``score_bits × 17``, the
+        widest), the two 8-bit products stay on DSPs (a one-lane kernel then uses all 8
+        SB_MAC16s of an iCE40UP5K and about 400 logic cells fewer). Same arithmetic.
 
     Members
     -------
@@ -100,6 +102,13 @@ class SoftmaxAttention(wiring.Component):
 
     Latency: with streams never stalled, :func:`softmax_cycle_model` gives the cycles from
     ``start`` to ``done``; about ``max(d, 3)`` cycles per streamed key per block.
+
+    Block RAM: no read of an address written in the same cycle is ever used (Q banks: the
+    loader writes only a bank A does not read, ``qfull``; running sums: a pass lasts at least
+    ``C_MIN_PASS = 3`` cycles, so a read follows the write of the same element; result banks:
+    C writes them only after D has released them; V banks: A reuses a bank the cycle after C's
+    last read of it; head parameters: written while idle), so synthesis may drop the
+    read-during-write bypass (``COLLISION_X_MASK``, as ``scripts/bench_attention.py`` does).
     """
 
     def __init__(self, *, lanes=4, max_dim=64, max_tokens=256, max_heads=12, exp_frac_bits=6,
@@ -127,7 +136,9 @@ class SoftmaxAttention(wiring.Component):
         self.recip_bits = recip_bits
         self.recip_mant_bits = recip_mant_bits
         self.guard_bits = guard_bits
-        self.lut_macs = bool(lut_macs)
+        if lut_macs not in (False, True, "scale"):
+            raise ValueError(f"lut_macs must be False, True or 'scale', not {lut_macs!r}")
+        self.lut_macs = lut_macs
         self.score_bits = 16 + ceil_log2(max_dim)
         self.sum_bits = p_bits + 3 + ceil_log2(max_tokens)
         self.acc_bits = self.sum_bits + 8
@@ -150,7 +161,9 @@ class SoftmaxAttention(wiring.Component):
         return cls(lanes=att.lanes, max_dim=att.head_dim, max_tokens=att.max_tokens,
                    max_heads=att.heads, exp_frac_bits=att.exp_frac_bits, p_bits=att.p_bits,
                    recip_table_bits=att.recip_table_bits, recip_bits=att.recip_bits,
-                   recip_mant_bits=att.recip_mant_bits, guard_bits=att.guard_bits)
+                   recip_mant_bits=att.recip_mant_bits, guard_bits=att.guard_bits,
+                   lut_macs={"none": False, "scale": "scale", "all": True}[
+                       getattr(att, "lut_macs", "none")])
 
     def elaborate(self, platform):
         m = Module()
@@ -307,7 +320,7 @@ class SoftmaxAttention(wiring.Component):
         m.d.sync += b0_valid.eq(a1_valid & a1_lastkey)
         with m.If(a1_valid):
             for p in range(P):
-                prod = (lut_multiply(qmem_r[p].data, a1_k) if self.lut_macs
+                prod = (lut_multiply(qmem_r[p].data, a1_k) if self.lut_macs is True
                         else qmem_r[p].data * a1_k)
                 m.d.sync += s[p].eq(Mux(a1_first, 0, s[p]) + prod)
             m.d.sync += [b0["keep"].eq(a1_keep), b0["lastblk"].eq(a1_lastblk),
@@ -412,8 +425,17 @@ class SoftmaxAttention(wiring.Component):
                                & (~ev_next.lastblk | ~out_claim))
         out_release = Signal()
         m.d.comb += evq.r_en.eq(can_pop)
+        # lanes that kept a key so far in the block; snapshot with the block's last key, so a
+        # row that keeps no key outputs zeros instead of the sums it held before
+        kept = Signal(P)
+        kept_snap = Signal(P)
+        kept_next = Signal(P)
+        m.d.comb += kept_next.eq(kept | Cat(ev_next.lanes[p].keep for p in range(P)))
         with m.If(can_pop):
-            m.d.sync += [ev.eq(ev_next), c_active.eq(1), c_i.eq(0)]
+            m.d.sync += [ev.eq(ev_next), c_active.eq(1), c_i.eq(0),
+                         kept.eq(Mux(ev_next.lastblk, 0, kept_next))]
+            with m.If(ev_next.lastblk):
+                m.d.sync += kept_snap.eq(kept_next)
             for p in range(P):
                 le = ev_next.lanes[p]
                 l_new = Mux(le.first, le.p, rshift_round(lsum[p], le.sh, LW + 1) + le.p)
@@ -448,7 +470,7 @@ class SoftmaxAttention(wiring.Component):
             le = c1_ev.lanes[p]
             acc = acc_r[p].data
             base = Mux(le.first, 0, rshift_round(acc, le.sh, AW + 1))
-            pv = (lut_multiply(vbuf_r.data, Cat(le.p, C(0, 1))) if self.lut_macs
+            pv = (lut_multiply(vbuf_r.data, Cat(le.p, C(0, 1))) if self.lut_macs is True
                   else le.p * vbuf_r.data)
             m.d.sync += c2_new[p].eq(Mux(le.keep, base + pv, acc))
             m.d.comb += [acc_w[p].addr.eq(c2_i), acc_w[p].data.eq(c2_new[p]),
@@ -498,6 +520,7 @@ class SoftmaxAttention(wiring.Component):
         o1_r = Signal(self.recip_bits + 1)
         o1_e = Signal(range(LW))
         o1_hp = Signal(HeadParams)
+        o1_kept, o2_kept, o3_kept, o4_kept = (Signal(name=f"o{n}_kept") for n in range(1, 5))
         o2_prod = Signal(signed(AW + self.recip_bits + 2))
         o2_sh = Signal(range(LW + self.recip_bits + 1))
         o2_hp = Signal(HeadParams)
@@ -512,7 +535,9 @@ class SoftmaxAttention(wiring.Component):
         m.d.comb += y.eq(rshift_round(o4_y, o4_sh, self.guard_bits + 26))
         with m.If(en):
             m.d.sync += [o1_valid.eq(d_issue), o1_lane.eq(d_lane), o1_r.eq(r_reg[d_lane]),
-                         o1_e.eq(e_reg[d_lane]), o1_hp.eq(hp_d)]
+                         o1_e.eq(e_reg[d_lane]), o1_hp.eq(hp_d),
+                         o1_kept.eq(kept_snap.bit_select(d_lane, 1)), o2_kept.eq(o1_kept),
+                         o3_kept.eq(o2_kept), o4_kept.eq(o3_kept)]
             m.d.sync += [o2_valid.eq(o1_valid), o2_prod.eq(out_rows[o1_lane] * o1_r),
                          o2_sh.eq(o1_e + self.recip_bits - self.guard_bits), o2_hp.eq(o1_hp)]
             m.d.sync += [o3_valid.eq(o2_valid), o3_t.eq(rshift_round(o2_prod, o2_sh, TW)),
@@ -520,7 +545,8 @@ class SoftmaxAttention(wiring.Component):
             m.d.sync += [o4_valid.eq(o3_valid), o4_y.eq(o3_t * o3_hp.out_mult),
                          o4_sh.eq(o3_hp.out_shift)]
             m.d.sync += [self.o.valid.eq(o4_valid),
-                         self.o.payload.eq(Mux(y > 127, 127, Mux(y < -128, -128, y)))]
+                         self.o.payload.eq(Mux(~o4_kept, 0,
+                                               Mux(y > 127, 127, Mux(y < -128, -128, y))))]
         with m.If(d_issue):
             m.d.sync += d_i.eq(d_i + 1)
             with m.If(d_i == dm1):

@@ -13,60 +13,25 @@ from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
 from .common import RequantParams, check_int, drive_write_port, linear_engine_ports
-from .linear import LinearEngine, PipelinedRequantizer
+from .linear import PipelinedRequantizer
+from .shift import SHIFT_CODE_BITS, SHIFT_ZERO, ShiftEngine
 
-__all__ = ["SHIFT_CODE_BITS", "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS",
+__all__ = ["SHIFT_CODE_BITS", "SHIFT_ZERO", "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS",
            "ShiftEngine", "BcqEngine", "make_shiftadd_engine"]
 
-#: ``shift`` weight code: bit 3 = negative, bits [0:3] = 0 for zero, ``c`` for ``±2^(c-1)``.
-SHIFT_CODE_BITS = 4
 #: ``bcq`` α: at most this many signed powers of two ...
 ALPHA_TERMS = 3
 #: ... with exponents 0 .. ALPHA_EXP_MAX. One term is 5 bits: [0:3] exponent, 3 negative,
 #: 4 enable; term ``t`` sits at bits ``[5t, 5t+5)`` of a 16-bit α code.
 ALPHA_EXP_MAX = 7
 ALPHA_CODE_BITS = 16
+#: 16-bit words of one iCE40 ``SB_SPRAM256KA`` (the ``bcq`` α memory with ``spram``).
+SPRAM_WORDS = 16384
 
 
-class ShiftEngine(LinearEngine):
-    """Streaming linear layer with power-of-two weights, ``shift`` encoding.
-
-    Same ports, job semantics, dataflow and cycle count as
-    :class:`~amaformer.hdl.linear.LinearEngine` (:func:`amaformer.gen.cost.linear_cycles`); each
-    lane's multiplier is replaced by a barrel shifter and a conditional negation::
-
-        acc[m, n] = Σ_k sign[k, n] · (X[m, k] << s[k, n]) + bias[n]
-        Y[m, n]   = clamp((acc · mult[n] + R) >> shift[n])          (round half up)
-
-    Weights are 4-bit codes (:data:`SHIFT_CODE_BITS`), ``lanes`` per weight-buffer word.
-
-    Parameters
-    ----------
-    levels : int
-        Weight magnitudes ``2^0 .. 2^(levels-1)``, 1 to 7. Products are ``act_bits + levels``
-        bits signed; the accumulator ``act_bits + levels + ceil(log2 max_k)``.
-    lanes, max_k, max_n, max_m, weight_depth, act_bits
-        As for :class:`~amaformer.hdl.linear.LinearEngine`.
-    """
-
-    def __init__(self, *, lanes=8, max_k=512, max_n=512, max_m=4096, weight_depth=1024,
-                 act_bits=8, levels=7):
-        if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= 7:
-            raise ValueError(f"levels must be an integer in [1, 7], not {levels!r}")
-        self.levels = levels
-        super().__init__(lanes=lanes, max_k=max_k, max_n=max_n, max_m=max_m,
-                         weight_depth=weight_depth, act_bits=act_bits,
-                         weight_bits=SHIFT_CODE_BITS, hw_lanes=0)
-
-    def product_width(self):
-        return self.act_bits + self.levels
-
-    def lane_product(self, x, w, j):
-        code = w.as_unsigned()
-        mag, neg = code[:3], code[3]
-        amount = (mag - 1)[:max(1, ceil_log2(self.levels))]
-        shifted = Mux(mag == 0, 0, x << amount)
-        return Mux(neg, -shifted, shifted)
+def _is_ice40_up(platform):
+    return (platform is not None and str(getattr(platform, "family", "")).lower() == "ice40"
+            and str(getattr(platform, "device", "")).upper().startswith("ICE40UP"))
 
 
 class BcqEngine(wiring.Component):
@@ -106,6 +71,11 @@ class BcqEngine(wiring.Component):
         Weight buffer depth in words; a job needs ``ceil(K/(8·slots))·N·planes`` words.
     act_bits : int
         Signed width of activations (in and out).
+    spram : bool or None
+        Keep the α codes in an iCE40 ``SB_SPRAM256KA`` (16K × 16 bit, single port: the host
+        writes it while the engine is idle, the engine only reads it) instead of block RAM,
+        which saves one EBR per 256 words. ``None``: when the platform is an iCE40 UltraPlus
+        and ``weight_depth`` is at most :data:`SPRAM_WORDS`.
 
     Members
     -------
@@ -121,12 +91,18 @@ class BcqEngine(wiring.Component):
     """
 
     def __init__(self, *, slots=8, planes=2, max_k=512, max_n=512, max_m=4096,
-                 weight_depth=1024, act_bits=8):
+                 weight_depth=1024, act_bits=8, spram=None):
         for name, value in (("slots", slots), ("max_k", max_k), ("max_n", max_n),
                             ("max_m", max_m), ("weight_depth", weight_depth),
                             ("act_bits", act_bits)):
             check_int(name, value, 1)
         check_int("planes", planes, 1, 4)
+        if spram is not None and not isinstance(spram, bool):
+            raise TypeError(f"spram must be True, False or None, not {spram!r}")
+        if spram and weight_depth > SPRAM_WORDS:
+            raise ValueError(f"weight_depth must be at most {SPRAM_WORDS} with spram, "
+                             f"not {weight_depth!r}")
+        self.spram = spram
         self.slots = self.lanes = slots
         self.planes = planes
         self.max_k = max_k
@@ -143,14 +119,25 @@ class BcqEngine(wiring.Component):
             act_bits=act_bits, max_m=max_m, max_k=max_k, max_n=max_n, weight_depth=weight_depth,
             weight_word=self.word_width, weight_granularity=8))
 
+    def uses_spram(self, platform):
+        """Whether the α codes go to an iCE40 ``SB_SPRAM256KA`` (see ``spram``)."""
+        if self.spram is None:
+            return _is_ice40_up(platform) and self.weight_depth <= SPRAM_WORDS
+        return self.spram
+
     def elaborate(self, platform):
         m = Module()
         S, Q = self.slots, self.planes
         ew = self.entry_width
+        spram = self.uses_spram(platform)
 
         # --- memories ------------------------------------------------------------------------
+        # With ``spram`` the block RAM holds only the plane bytes and the α codes (16 bits, one
+        # per word) live in a single-port SPRAM: the host writes it only while the engine is
+        # idle, and the engine only reads it.
+        plane_bits = 8 * S if spram else self.word_width
         m.submodules.wmem = wmem = memory.Memory(
-            shape=unsigned(self.word_width), depth=self.weight_depth, init=[])
+            shape=unsigned(plane_bits), depth=self.weight_depth, init=[])
         m.submodules.pmem = pmem = memory.Memory(shape=RequantParams, depth=self.max_n, init=[])
         m.submodules.amem = amem = memory.Memory(
             shape=signed(self.acc_width), depth=self.max_n, init=[])
@@ -161,7 +148,11 @@ class BcqEngine(wiring.Component):
             tables.append((tmem.read_port(), tmem.write_port()))
 
         w_w = wmem.write_port(granularity=8)
-        drive_write_port(m, w_w, self.w_wr)
+        if spram:
+            m.d.comb += [w_w.addr.eq(self.w_wr.addr), w_w.data.eq(self.w_wr.data[:plane_bits]),
+                         w_w.en.eq(self.w_wr.en[:S])]
+        else:
+            drive_write_port(m, w_w, self.w_wr)
         p_w = pmem.write_port()
         drive_write_port(m, p_w, self.p_wr)
         w_r = wmem.read_port()
@@ -175,12 +166,14 @@ class BcqEngine(wiring.Component):
         job_m = Signal.like(self.m)
         job_k = Signal.like(self.k)
         job_n = Signal.like(self.n)
+        job_n_m1 = Signal.like(self.n)          # job_n - 1 (timing)
         row = Signal.like(self.m)
         kcur = Signal(range(self.max_k + self.chunk + 1))  # next input of the row to receive
         first_chunk = Signal()
         t = Signal(3)                      # build phase (bit of the table index)
         s = Signal(range(S))               # slot receiving in this phase
         j = Signal(8)                      # table entry being extended
+        j_left = Signal(8)                 # entries of this phase left after j (timing)
         xr = [Signal(signed(self.act_bits), name=f"xr{i}") for i in range(S)]
         xsum = Signal(signed(self.act_bits + ceil_log2(self.chunk) + 1))
         xsum_q = Signal.like(xsum)
@@ -188,13 +181,13 @@ class BcqEngine(wiring.Component):
         qn = Signal.like(self.n)
         qi = Signal(range(Q))
 
-        # Pipeline valid flags (stage 1 .. 5), and the advance condition: only the output stage
+        # Pipeline valid flags (stage 1 .. 7), and the advance condition: only the output stage
         # can be held (by the requantizer / y back-pressure), which holds every stage behind it.
-        v1, v2, v3, v4, v5 = (Signal(name=f"v{i}") for i in range(1, 6))
+        v1, v2, v3, v4, v5, v6, v7 = (Signal(name=f"v{i}") for i in range(1, 8))
         m.submodules.rq = rq = PipelinedRequantizer(self.acc_width, self.act_bits)
         wiring.connect(m, rq.o, wiring.flipped(self.y))
         adv = Signal()
-        m.d.comb += adv.eq(~v5 | rq.i.ready)
+        m.d.comb += adv.eq(~v7 | rq.i.ready)
 
         # --- build: receive ------------------------------------------------------------------
         in_range = kcur < job_k
@@ -209,7 +202,7 @@ class BcqEngine(wiring.Component):
             m.d.sync += [xr[S - 1].eq(xin), kcur.eq(kcur + 1)]
             m.d.sync += xsum.eq(Mux((t == 0) & (s == 0), xin, xsum + xin))
             with m.If(s == S - 1):
-                m.d.sync += [s.eq(0), j.eq(0), state.eq(WRITE)]
+                m.d.sync += [s.eq(0), j.eq(0), j_left.eq((C(1, 9) << t) - 1), state.eq(WRITE)]
             with m.Else():
                 m.d.sync += s.eq(s + 1)
 
@@ -218,7 +211,7 @@ class BcqEngine(wiring.Component):
         waddr = Signal(8)
         go = (state == WRITE) & ~v1 & ~v2       # the last queries have read the tables
         m.d.sync += [wv.eq(go), waddr.eq(j | (C(1, 8) << t))]
-        last_j = j == (C(1, 9) << t) - 1
+        last_j = j_left == 0                    # j == 2^t - 1
         with m.If(go):
             with m.If(last_j):
                 m.d.sync += j.eq(0)
@@ -228,14 +221,30 @@ class BcqEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [t.eq(t + 1), state.eq(RECV)]
             with m.Else():
-                m.d.sync += j.eq(j + 1)
+                m.d.sync += [j.eq(j + 1), j_left.eq(j_left - 1)]
 
         # --- query: stage 0 issues one weight word per (column, plane) -----------------------
         issue = (state == QUERY) & adv
-        last_col = qn == job_n - 1
+        last_col = qn == job_n_m1
         last_plane = qi == Q - 1
-        last_chunk = kcur >= job_k
+        last_chunk = Signal()                   # kcur >= job_k (kcur holds during QUERY)
+        m.d.sync += last_chunk.eq(kcur >= job_k)
         m.d.comb += [w_r.addr.eq(wa), w_r.en.eq(adv)]
+        alpha1 = Signal(ALPHA_CODE_BITS)        # α code of the word read in stage 0
+        if spram:
+            a_en = self.w_wr.en[S:S + 2]
+            a_we = a_en.any()
+            sp_addr = Signal(14)
+            m.d.comb += sp_addr.eq(Mux(a_we, self.w_wr.addr, wa))
+            m.submodules.alpha_spram = Instance(
+                "SB_SPRAM256KA",
+                i_ADDRESS=sp_addr,
+                i_DATAIN=self.w_wr.data[8 * S:8 * S + ALPHA_CODE_BITS],
+                i_MASKWREN=Cat(a_en[0], a_en[0], a_en[1], a_en[1]), i_WREN=a_we,
+                i_CHIPSELECT=a_we | adv, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0,
+                i_POWEROFF=1, o_DATAOUT=alpha1)
+        else:
+            m.d.comb += alpha1.eq(w_r.data[8 * S:8 * S + ALPHA_CODE_BITS])
         n1 = Signal.like(qn)
         f1 = Signal(4)    # first plane, last plane, first chunk, last chunk
         with m.If(adv):
@@ -261,7 +270,7 @@ class BcqEngine(wiring.Component):
         alpha2 = Signal(ALPHA_CODE_BITS)
         with m.If(adv):
             m.d.sync += [v2.eq(v1), n2.eq(n1), f2.eq(f1),
-                         alpha2.eq(w_r.data[8 * S:8 * S + ALPHA_CODE_BITS])]
+                         alpha2.eq(alpha1)]
         entries = []
         for i, (t_r, t_w) in enumerate(tables):
             m.d.comb += [
@@ -283,49 +292,66 @@ class BcqEngine(wiring.Component):
         with m.If(adv):
             m.d.sync += [v3.eq(v2), n3.eq(n2), f3.eq(f2), alpha3.eq(alpha2), sum3.eq(total)]
 
-        # --- stage 3: Σ B·x = 2·Σ S − Σ x; shift by α's exponents and add --------------------
+        # --- stage 3: Σ B·x = 2·Σ S − Σ x -----------------------------------------------------
         n4, f4 = Signal.like(n1), Signal.like(f1)
-        p = Signal(signed(len(sum3) + 2))
-        m.d.comb += p.eq((sum3 << 1) - xsum_q)
-        contrib = 0
-        for term in range(ALPHA_TERMS):
-            code = alpha3[5 * term:5 * term + 5]
-            sh = p << code[:3]
-            contrib = contrib + Mux(code[4], Mux(code[3], -sh, sh), 0)
-        contrib4 = Signal(signed(self.acc_width))
+        alpha4 = Signal(ALPHA_CODE_BITS)
+        p4 = Signal(signed(len(sum3) + 2))
         with m.If(adv):
-            m.d.sync += [v4.eq(v3), n4.eq(n3), f4.eq(f3), contrib4.eq(contrib)]
-        m.d.comb += [a_r.addr.eq(n3), a_r.en.eq(adv)]
+            m.d.sync += [v4.eq(v3), n4.eq(n3), f4.eq(f3), alpha4.eq(alpha3),
+                         p4.eq((sum3 << 1) - xsum_q)]
 
-        # --- stage 4: accumulate over planes and chunks --------------------------------------
-        racc = Signal(signed(self.acc_width))
-        base = Mux(f4[0], Mux(f4[2], 0, a_r.data), racc)
-        tot = Signal(signed(self.acc_width))
-        m.d.comb += tot.eq(base + contrib4)
-        acc5 = Signal(signed(self.acc_width))
+        # --- stage 4: shift by α's exponents (−v as ~v + 1, the +1s counted apart) ----------
+        n5, f5 = Signal.like(n1), Signal.like(f1)
+        terms5 = [Signal(signed(self.acc_width), name=f"term5_{i}") for i in range(ALPHA_TERMS)]
+        ones5 = Signal(range(ALPHA_TERMS + 1))
+        terms, ones = [], 0
+        for term in range(ALPHA_TERMS):
+            code = alpha4[5 * term:5 * term + 5]
+            sh = Signal(signed(self.acc_width), name=f"sh{term}")
+            m.d.comb += sh.eq(p4 << code[:3])
+            terms.append(Mux(code[4], Mux(code[3], ~sh, sh), 0))
+            ones = ones + (code[4] & code[3])
         with m.If(adv):
-            m.d.sync += [v5.eq(v4 & f4[1] & f4[3]), acc5.eq(tot)]
-            with m.If(v4):
+            m.d.sync += [v5.eq(v4), n5.eq(n4), f5.eq(f4), ones5.eq(ones)]
+            m.d.sync += [reg.eq(term) for reg, term in zip(terms5, terms)]
+
+        # --- stage 5: add the terms ----------------------------------------------------------
+        n6, f6 = Signal.like(n1), Signal.like(f1)
+        contrib6 = Signal(signed(self.acc_width))
+        with m.If(adv):
+            m.d.sync += [v6.eq(v5), n6.eq(n5), f6.eq(f5),
+                         contrib6.eq((terms5[0] + terms5[1]) + (terms5[2] + ones5))]
+        m.d.comb += [a_r.addr.eq(n5), a_r.en.eq(adv)]
+
+        # --- stage 6: accumulate over planes and chunks --------------------------------------
+        racc = Signal(signed(self.acc_width))
+        base = Mux(f6[0], Mux(f6[2], 0, a_r.data), racc)
+        tot = Signal(signed(self.acc_width))
+        m.d.comb += tot.eq(base + contrib6)
+        acc7 = Signal(signed(self.acc_width))
+        with m.If(adv):
+            m.d.sync += [v7.eq(v6 & f6[1] & f6[3]), acc7.eq(tot)]
+            with m.If(v6):
                 m.d.sync += racc.eq(tot)
         m.d.comb += [
-            a_w.addr.eq(n4), a_w.data.eq(tot), a_w.en.eq(adv & v4 & f4[1] & ~f4[3]),
-            p_r.addr.eq(n4), p_r.en.eq(adv),
+            a_w.addr.eq(n6), a_w.data.eq(tot), a_w.en.eq(adv & v6 & f6[1] & ~f6[3]),
+            p_r.addr.eq(n6), p_r.en.eq(adv),
         ]
 
-        # --- stage 5: requantizer -> y -------------------------------------------------------
+        # --- stage 7: requantizer -> y -------------------------------------------------------
         m.d.comb += [
-            rq.i.valid.eq(v5),
-            rq.i.payload.acc.eq(acc5),
+            rq.i.valid.eq(v7),
+            rq.i.payload.acc.eq(acc7),
             rq.i.payload.params.eq(p_r.data),
         ]
 
         # --- job control ---------------------------------------------------------------------
-        pipe_empty = ~v1 & ~v2 & ~v3 & ~v4 & ~v5 & ~rq.busy & ~self.y.valid
+        pipe_empty = (~v1 & ~v2 & ~v3 & ~v4 & ~v5 & ~v6 & ~v7 & ~rq.busy & ~self.y.valid)
         with m.If(~self.busy):
             with m.If(self.start):
                 empty = (self.m == 0) | (self.k == 0) | (self.n == 0)
                 m.d.sync += [
-                    job_m.eq(self.m), job_k.eq(self.k), job_n.eq(self.n),
+                    job_m.eq(self.m), job_k.eq(self.k), job_n.eq(self.n), job_n_m1.eq(self.n - 1),
                     row.eq(0), kcur.eq(0), wa.eq(0), t.eq(0), s.eq(0), first_chunk.eq(1),
                     state.eq(Mux(empty, FIN, RECV)), self.busy.eq(1),
                 ]

@@ -57,6 +57,21 @@ class DeviceInfo:
     max_payload: int
     clk_hz: int
     baud: int
+    att_mode: int = P.ATT_NONE
+    att_lanes: int = 0
+    att_masks: int = 0
+    att_head_word_bytes: int = 0
+    att_heads: int = 0
+    att_head_dim: int = 0
+    att_max_tokens: int = 0
+    att_conv_taps: int = 0
+
+    @property
+    def attention(self):
+        """The attention unit's mode (``"softmax"``, ``"linear_causal"``, ``"linear_angular"``)
+        or ``None``."""
+        names = {code: name for name, code in P.ATT_MODE_CODES.items()}
+        return names.get(self.att_mode) if self.att_mode != P.ATT_NONE else None
 
     def max_n_for_k(self, k):
         """Largest job N whose weights fit the buffer for reduction length ``k``."""
@@ -203,6 +218,14 @@ class Device:
                 "act_bits": lin.act_bits, "weight_bits": lin.weight_code_bits,
                 "max_k": lin.max_k,
                 "max_n": lin.max_n, "max_m": lin.max_m, "weight_depth": lin.weight_depth}
+        if not getattr(lin, "enabled", True):
+            want = {"mode": P.MODE_NONE}
+        att = getattr(config, "attention", None)
+        if getattr(att, "enabled", False):
+            want.update(att_mode=P.ATT_MODE_CODES.get(att.mode), att_heads=att.heads,
+                        att_head_dim=att.head_dim, att_max_tokens=att.max_tokens)
+        else:
+            want["att_mode"] = P.ATT_NONE
         for key, value in want.items():
             if getattr(self.info, key) != value:
                 raise DeviceError(f"device has {key} = {getattr(self.info, key)}, the "
@@ -342,6 +365,9 @@ class Device:
         -------
         ``M×N`` int8 array (or tensor). :attr:`last_cycles` holds the summed job cycles.
         """
+        if self.info.mode == P.MODE_NONE:
+            raise DeviceError("the device has no linear engine (linear.enabled = false in its "
+                              "configuration)")
         if as_tensor is None:
             as_tensor = type(x).__module__.startswith("torch")
         x = _as_int_array(x, "x", 2)
@@ -383,6 +409,202 @@ class Device:
             return torch.from_numpy(y)
         return y
 
+    # ------------------------------------------------------------------ attention
+    def _need_attention(self):
+        if self.info.attention is None:
+            raise DeviceError("the device has no attention unit (attention.enabled = false in "
+                              "its configuration)")
+
+    def write_head_params(self, out_mult, out_shift, score_mult=None, score_shift=None):
+        """Write the per-head parameters (:data:`~amaformer.hdl.protocol.HEAD_PARAM_FIELDS`) of
+        heads ``0..H-1``; ``score_*`` only for ``softmax``."""
+        self._need_attention()
+        om, osh = _as_int_array(out_mult, "out_mult", 1), _as_int_array(out_shift, "out_shift", 1)
+        h = len(om)
+        sm = np.zeros(h, np.int64) if score_mult is None else _as_int_array(score_mult,
+                                                                             "score_mult", 1)
+        ss = np.zeros(h, np.int64) if score_shift is None else _as_int_array(score_shift,
+                                                                              "score_shift", 1)
+        if not (len(osh) == len(sm) == len(ss) == h) or not 1 <= h <= self.info.att_heads:
+            raise ValueError(f"head parameters must have one entry per head, 1 to "
+                             f"{self.info.att_heads} heads, not {len(om)}, {len(osh)}, "
+                             f"{len(sm)}, {len(ss)}")
+        wb = self.info.att_head_word_bytes
+        words = [P.head_param_word(int(a), int(b), int(c), int(e))
+                 for a, b, c, e in zip(sm, ss, om, osh)]
+        self.write_memory(P.Space.HEADS, 0, b"".join(w.to_bytes(wb, "little") for w in words))
+
+    def write_conv_weights(self, w):
+        """Load the ``taps×d`` int8 depthwise-convolution weights of a ``linear_causal`` unit
+        (:attr:`~amaformer.hdl.protocol.Space.CONV`)."""
+        from ..hdl.attention_angular import conv_weight_writes
+        self._need_attention()
+        info = self.info
+        w = _as_int_array(w, "conv_w", 2)
+        if not info.att_conv_taps:
+            raise ValueError("conv_w needs a linear_causal unit with a convolution "
+                             "(attention.conv_taps > 0)")
+        if w.shape[0] != info.att_conv_taps or not 1 <= w.shape[1] <= info.att_head_dim:
+            raise ValueError(f"conv_w must be {info.att_conv_taps}×d with d in [1, "
+                             f"{info.att_head_dim}], not {'×'.join(map(str, w.shape))}")
+        if w.size and (w.min() < -128 or w.max() > 127):
+            raise ValueError(f"conv_w must hold int8 values, not [{w.min()}, {w.max()}]")
+        writes = conv_weight_writes(w.tolist(), info.att_lanes, info.att_head_dim)
+        image = bytearray((max(a for a, _ in writes) + 1) if writes else 0)
+        for addr, value in writes:
+            image[addr] = value & 0xFF
+        self.write_memory(P.Space.CONV, 0, bytes(image))
+
+    def run_attention(self, heads, tokens, dim, *, q_addr, k_addr, v_addr, o_addr=0,
+                      mask="dense", mask_addr=0, cont=False, wait=True):
+        """Start one ``RUN_ATTENTION`` job (Q, K, V already in the activation memory, head
+        parameters written); with ``wait``, block until it ends and return its cycles.
+
+        Raises
+        ------
+        DeviceError
+            ``code`` :attr:`~amaformer.hdl.protocol.Status.DESCRIPTOR` if the job does not fit.
+        """
+        self._need_attention()
+        if mask not in P.ATT_MASKS:
+            raise ValueError(f"mask must be one of {', '.join(map(repr, P.ATT_MASKS))}, "
+                             f"not {mask!r}")
+        self.transact(P.Op.RUN_ATTENTION, payload=P.pack_fields(P.ATT_DESCRIPTOR_FIELDS, dict(
+            heads=heads, mask=P.ATT_MASKS[mask], flags=P.ATT_FLAG_CONTINUE if cont else 0,
+            tokens=tokens, dim=dim, q_addr=q_addr, k_addr=k_addr, v_addr=v_addr,
+            o_addr=o_addr, mask_addr=mask_addr)))
+        if not wait:
+            return None
+        # the activation memory's reads, a lower bound: Q (softmax), or Q, K, V (linear modes)
+        return self.wait(heads * tokens * dim * (1 if self.info.attention == "softmax" else 3))
+
+    def attention(self, q, k, v, out_mult, out_shift, *, score_mult=None, score_shift=None,
+                  half_mult=None, half_shift=None, conv_w=None, conv_mult=0, conv_shift=0,
+                  mask=None, cont=False, as_tensor=None):
+        """Multi-head attention on the device, one ``RUN_ATTENTION`` job.
+
+        Parameters
+        ----------
+        q, k, v : ``H×N×d`` (or ``N×d``, one head) int8 integers (numpy or torch)
+        out_mult, out_shift : ``H`` integers (or one for every head)
+            Output requantization per head (:func:`amaformer.gen.attention.softmax_scales`);
+            ``linear_angular``: the scale of ``q̂(k̂ᵀV)`` (``ang_mult``, ``ang_shift``).
+        score_mult, score_shift : ``H`` integers
+            ``softmax``: logit scale per head.
+        half_mult, half_shift : ``H`` integers
+            ``linear_angular``: the scale of ``0.5·V``.
+        mask : None, ``"causal"`` or an ``N×N`` bool mask (True = attend)
+            ``softmax`` only (``linear_causal`` is causal by construction). A sparse mask must
+            keep at least one key in every block of ``lanes`` query rows (a row that keeps no
+            key outputs zeros).
+        conv_w : ``taps×d`` int8 integers or None
+            ``linear_causal`` on a unit with a convolution (``IDENT`` ``att_conv_taps``): the
+            depthwise weights ``w[τ][j]`` (``Σ_τ w[τ][j]·v[t-τ][j]``), shared by the job's
+            heads; written only when given (they stay loaded).
+        conv_mult, conv_shift : ``H`` integers (or one for every head)
+            The convolution's scale per head; ``conv_mult = 0`` turns it off.
+        cont : bool
+            ``linear_causal``, one head: continue the sequence of the previous job.
+        as_tensor : bool or None
+            Return a torch tensor; ``None``: when ``q`` is one.
+
+        Returns
+        -------
+        ``H×N×d`` (or ``N×d``) int8; :attr:`last_cycles` holds the job's cycles.
+        """
+        self._need_attention()
+        info = self.info
+        if as_tensor is None:
+            as_tensor = type(q).__module__.startswith("torch")
+        q0 = _as_int_array(q, "q", None)
+        squeeze = q0.ndim == 2
+        q, k, v = (_as_int_array(t, name, None) for t, name in ((q, "q"), (k, "k"), (v, "v")))
+        q, k, v = (t[None] if t.ndim == 2 else t for t in (q, k, v))
+        if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape:
+            raise ValueError(f"q, k, v must have the same shape H×N×d (or N×d), not "
+                             f"{q0.shape}, {k.shape}, {v.shape}")
+        h, n, d = q.shape
+        for what, value, hi in (("heads", h, info.att_heads), ("tokens", n, info.att_max_tokens),
+                                ("head dimension", d, info.att_head_dim)):
+            if not 1 <= value <= hi:
+                raise ValueError(f"{what} must be in [1, {hi}] for this device, not {value}")
+        for t, name in ((q, "q"), (k, "k"), (v, "v")):
+            if t.min() < -128 or t.max() > 127:
+                raise ValueError(f"{name} must hold int8 values, not [{t.min()}, {t.max()}]")
+        softmax = info.attention == "softmax"
+        if softmax and (score_mult is None or score_shift is None):
+            raise ValueError("softmax attention needs score_mult and score_shift per head")
+        if info.attention == "linear_angular":
+            if half_mult is None or half_shift is None:
+                raise ValueError("linear_angular attention needs half_mult and half_shift per "
+                                 "head")
+            score_mult, score_shift = half_mult, half_shift      # their HEADS word fields
+        if info.attention == "linear_causal" and info.att_conv_taps:
+            if conv_w is not None:
+                self.write_conv_weights(conv_w)
+            score_mult, score_shift = conv_mult, conv_shift      # their HEADS word fields
+        elif conv_w is not None:
+            raise ValueError("conv_w needs a linear_causal unit with a convolution "
+                             "(attention.conv_taps > 0)")
+        image, kind = b"", "causal"
+        if softmax:
+            if mask is None:
+                kind = "dense"
+            elif isinstance(mask, str):
+                if mask not in ("dense", "causal"):
+                    raise ValueError(f"mask must be None, 'causal' or an N×N bool mask, "
+                                     f"not {mask!r}")
+                kind = mask
+            else:
+                if type(mask).__module__.startswith("torch"):
+                    mask = mask.detach().cpu().numpy()
+                keep = np.asarray(mask, dtype=bool)
+                if keep.shape != (n, n):
+                    raise ValueError(f"mask must be {n}×{n}, not {'×'.join(map(str, keep.shape))}")
+                lanes = info.att_lanes
+                for r0 in range(0, n, lanes):
+                    if not keep[r0:r0 + lanes].any():
+                        raise ValueError(f"mask must keep at least one key in every block of "
+                                         f"{lanes} query rows (rows {r0}..."
+                                         f"{min(r0 + lanes, n) - 1} keep none)")
+                if not info.att_masks >> P.ATT_MASKS["sparse"] & 1:
+                    raise ValueError("this device has no sparse-mask support "
+                                     "(attention.sparse = false)")
+                kind, image = "sparse", P.keep_mask_image(keep, info.att_lanes)
+        elif info.attention == "linear_angular":
+            kind = "dense"
+            if mask is not None:
+                raise ValueError(f"mask must be None for linear_angular attention, not {mask!r}")
+        elif mask not in (None, "causal"):
+            raise ValueError(f"mask must be None or 'causal' for {info.attention} attention, "
+                             f"not {mask!r}")
+        size = h * n * d
+        need = 3 * size + len(image)
+        if need > info.act_depth:
+            raise ValueError(f"Q, K, V and the mask ({need} bytes) must fit the activation "
+                             f"memory ({info.act_depth} bytes)")
+        if size > info.out_depth:
+            raise ValueError(f"the output ({size} bytes) must fit the output memory "
+                             f"({info.out_depth} bytes)")
+        def per_head(x, name):
+            return None if x is None else np.broadcast_to(_as_int_array(x, name, None), (h,))
+        self.write_head_params(per_head(out_mult, "out_mult"), per_head(out_shift, "out_shift"),
+                               per_head(score_mult, "score_mult"),
+                               per_head(score_shift, "score_shift"))
+        blob = b"".join(t.astype(np.int8).tobytes() for t in (q, k, v)) + image
+        self.write_memory(P.Space.ACT, 0, blob)
+        self.job_cycles = [self.run_attention(h, n, d, q_addr=0, k_addr=size, v_addr=2 * size,
+                                              mask=kind, mask_addr=3 * size, cont=cont)]
+        self.last_cycles = self.job_cycles[0]
+        y = np.frombuffer(self.read_memory(P.Space.OUT, 0, size), dtype=np.int8)
+        y = y.reshape(h, n, d).copy()
+        if squeeze:
+            y = y[0]
+        if as_tensor:
+            import torch
+            return torch.from_numpy(y)
+        return y
+
     def close(self):
         self.transport.close()
 
@@ -397,7 +619,7 @@ def _as_int_array(v, name, ndim):
     if type(v).__module__.startswith("torch"):
         v = v.detach().cpu().numpy()
     a = np.asarray(v)
-    if a.ndim != ndim:
+    if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must have {ndim} dimension(s), not {a.ndim}")
     if a.size and not np.issubdtype(a.dtype, np.integer):
         if not np.all(np.equal(np.mod(a, 1), 0)):

@@ -4,6 +4,7 @@
 Usage::
 
     .venv/bin/python scripts/bench_attention.py --json OUT.json [--quick] [--no-synth]
+                                                [--ice40-only] [--only-resources KEYS]
 
 Keys of the JSON file:
 
@@ -11,7 +12,11 @@ Keys of the JSON file:
     Useful MACs / (MAC units × cycles). ``softmax``: ``2·N²·d`` per head (dense) over ``2·lanes``
     MAC units, cycles from the RTL-checked cycle model, for N = 64, 128, 256 (``..._n64`` etc.),
     also causal and a 10 % sparse mask. An RTL run in the Amaranth simulator (N = 64) is
-    compared with the model (``rtl_check``).
+    compared with the model (``rtl_check``). ``linear_causal``: ``2·d²`` MACs per token on
+    ``2·lanes`` units (``..._conv4``: plus ``4·d`` on ``lanes`` more). ``linear_angular``:
+    ``2·N·d² + N·d·taps`` MACs per job (both passes) on ``lanes`` units (plus ``lanes`` for the
+    convolution), N = 64 and 256, without and with a 9-tap kernel; the RTL check of its cycle
+    model is ``rtl_check_linear_angular``.
 ``cosine[mode]``
     Integer golden model vs the float reference on real Q, K, V of all six attention layers of
     all-MiniLM-L6-v2 on 36 sentences (4 to 23 tokens): min and mean over (sentence, layer);
@@ -22,9 +27,14 @@ Keys of the JSON file:
 ``memory_bits``
     On-chip memory of the kernel against N (softmax: Q banks, V banks, running and result sums,
     event queue), next to the ``N²·16`` bits an N×N score matrix would need.
+``resources_ice40up5k``
+    Per mode, the kernel alone placed and routed on the iCEBreaker (iCE40UP5K) with a PLL
+    core clock, through the board flow (``-dsp``): ``lut`` (logic cells), ``ff``, ``dsp``,
+    ``bram`` (EBR), ``fmax_mhz``, ``timing_met``. One lane, d = 32, N = 128. ``--ice40-only``
+    skips the ECP5 point; ``--only-resources softmax,...`` builds just those points.
 ``resources``
     Yosys + nextpnr out of context (the kernel behind a serial shift register so that only
-    three pins are used): LUT/LC, FF, DSP, block RAM and fmax on iCE40UP5K and ECP5-85F.
+    three pins are used): LUT, FF, DSP, block RAM and fmax on ECP5-85F (softmax).
     Slow: the ECP5-85F point (lanes 8, d 64) took 50 min of place and route on a loaded
     2-core machine; ``--no-synth`` skips this part.
 """
@@ -33,7 +43,6 @@ import argparse
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 import tempfile
@@ -53,10 +62,15 @@ from amaformer.gen.attention import (                           # noqa: E402
     SoftmaxFormat, attention_linear_angular, attention_linear_causal, attention_softmax,
     causal_mask, cosine, linear_angular_reference, linear_causal_reference,
     linear_causal_cycles_per_token, minilm_attention_inputs, random_mask, softmax_macs,
-    softmax_reference, softmax_scales, softmax_schedule, softmax_utilization)
+    linear_angular_cycles, linear_angular_macs, softmax_reference, softmax_scales,
+    softmax_schedule, softmax_utilization)
 from amaformer.gen.numerics import quantize, requant_params     # noqa: E402
 from amaformer.hdl.attention import (                           # noqa: E402
     VBANKS, SoftmaxAttention, softmax_cycle_model)
+
+#: convolution taps of the figures: Castling-ViT's kernel 9; a short causal kernel
+ANGULAR_TAPS = 9
+CAUSAL_TAPS = 4
 
 
 # --- utilization ----------------------------------------------------------------------------
@@ -74,7 +88,19 @@ def utilization(lanes, d, quick):
     # linear_causal: 2·d² useful MACs per token (state update and readout) on 2·lanes MACs
     out["linear_causal"] = round((2 * d * d) / (2 * lanes * linear_causal_cycles_per_token(
         d, lanes, 64)), 4)
-    out["linear_angular"] = None        # golden model only, no RTL
+    # with the causal convolution (taps MACs per element on lanes more MAC units)
+    out[f"linear_causal_conv{CAUSAL_TAPS}"] = round(
+        (2 * d * d + CAUSAL_TAPS * d)
+        / (3 * lanes * linear_causal_cycles_per_token(d, lanes, 64, CAUSAL_TAPS)), 4)
+    # linear_angular: 2·N·d² (k̂ᵀV, q̂·G) + N·d·taps (convolution) useful MACs, on lanes MACs
+    # (plus lanes for the convolution), over both passes of one job
+    for n in (64, 256):
+        for taps in (0, ANGULAR_TAPS):
+            units = lanes * (2 if taps else 1)
+            out[f"linear_angular_n{n}_conv{taps}"] = round(
+                linear_angular_macs(n, d, taps) / (units * linear_angular_cycles(n, d, lanes,
+                                                                                 taps)), 4)
+    out["linear_angular"] = out[f"linear_angular_n64_conv{ANGULAR_TAPS}"]
     return out
 
 
@@ -86,6 +112,16 @@ def linear_causal_flat(lanes=4, d=8):
     cycles = _run_linear_causal(lanes, d, d, chunks, seed=2, max_context=1024)
     return {"lanes": lanes, "d": d, "64": cycles[1] - 1, "256": cycles[3] - 1,
             "1024": cycles[5] - 1}
+
+
+def angular_rtl_check(lanes, n, d, taps):
+    """Cycles of one unstalled linear_angular job in the Amaranth simulator (bit-exact checked
+    there) against the model."""
+    from test_attention import _run_linear_angular
+    cycles = _run_linear_angular(lanes, d, d, n, taps, seed=1)[0]
+    model = linear_angular_cycles(n, d, lanes, taps)
+    return {"lanes": lanes, "n": n, "d": d, "conv_taps": taps, "cycles": cycles,
+            "model": model, "match": cycles == model}
 
 
 def rtl_check(lanes, n, d):
@@ -145,10 +181,19 @@ def memory_bits(lanes, d):
         bits = 2 * lanes * d * 8 + VBANKS * d * 8 + 2 * lanes * d * aw + VBANKS * ev
         from amaformer.hdl.attention_linear import LinearCausalAttention
         lc = LinearCausalAttention(lanes=lanes, max_dim=d, max_context=n)
-        lc._MustUse__silence = True
-        dut._MustUse__silence = True
+        from amaformer.hdl.attention_angular import LinearAngularAttention
+        la = LinearAngularAttention(lanes=lanes, max_dim=d, max_tokens=n, conv_taps=ANGULAR_TAPS)
+        for x in (lc, dut, la):
+            x._MustUse__silence = True
+        ahead = ANGULAR_TAPS - 1 - ANGULAR_TAPS // 2
         out[str(n)] = {"softmax_bits": bits, "nxn_scores_bits": n * n * 16,
-                       "linear_causal_state_bits": lc.state_bits * d * d + lc.z_bits * d}
+                       "linear_causal_state_bits": lc.state_bits * d * d + lc.z_bits * d,
+                       # G, x buffer, V ring, q̂·G ring (look-ahead + 1 tokens), conv sums
+                       # and weights: independent of N but for the width of G
+                       "linear_angular_bits": (la.g_bits * d * d + 8 * d
+                                               + 8 * ANGULAR_TAPS * d + la.num_bits * d
+                                               * (ahead + 1) + la.conv_bits * d
+                                               + 8 * ANGULAR_TAPS * d)}
     return out
 
 
@@ -216,15 +261,134 @@ def synth(dut, family, workdir, freq):
 
 
 def resources(points, workroot):
+    """Out-of-context builds of ``(key, family, MHz, kernel class, parameters)`` points."""
     out = {}
-    for key, family, freq, params in points:
+    for key, family, freq, cls, params in points:
         print(f"[bench] synthesis {key} ...", flush=True)
         try:
-            out[key] = dict(synth(SoftmaxAttention(**params), family, workroot / key, freq),
+            out[key] = dict(synth(cls(**params), family, workroot / key, freq),
                             params=params)
         except (subprocess.CalledProcessError, OSError) as e:
             out[key] = {"fits": False, "error": str(e), "params": params}
         print(f"[bench] {key}: {out[key]}", flush=True)
+    return out
+
+
+class KernelOnly(wiring.Component):
+    """Board top with only an attention kernel: every input from a shift register fed by the
+    UART RX pin, every output registered and XOR-reduced onto UART TX (as
+    :class:`amaformer.boards.build.EngineOnly` does for the linear engine), so that synthesis
+    keeps the whole kernel and its utilization and fmax can be read."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        super().__init__({})
+
+    def elaborate(self, platform):
+        from amaranth.lib import io
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
+        m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
+        ins, outs = [], []
+        for _path, member, value in dut.signature.flatten(dut):
+            (ins if member.flow == wiring.In else outs).append(Value.cast(value))
+        sreg = Signal(sum(len(v) for v in ins))
+        m.d.sync += sreg.eq(Cat(rx_buf.i, sreg[:-1]))
+        pos = 0
+        for v in ins:
+            m.d.comb += v.eq(sreg[pos:pos + len(v)])
+            pos += len(v)
+        oreg = Signal(sum(len(v) for v in outs))
+        m.d.sync += [oreg.eq(Cat(*outs)), tx_buf.o.eq(oreg.xor())]
+        return m
+
+
+#: Yosys command after reading the design: the kernels never use a read of an address written
+#: in the same cycle (audited in their docstrings), so their block RAM read ports need no
+#: read-during-write bypass (about 20 LUT and 30 FF per memory on iCE40).
+NO_COLLISION_KERNEL = "setparam -set COLLISION_X_MASK 1 *.dut/t:$memrd_v2"
+
+#: iCE40UP5K (iCEBreaker) builds, one per mode: ``(key, kernel factory, PLL target MHz)``.
+#: One lane, d = 32, N = 128; some multipliers are built from logic (``lut_macs``) so that the
+#: others fit the 8 SB_MAC16s. The PLL cannot go below 16 MHz: a kernel whose fmax is under
+#: that runs from the board's 12 MHz oscillator (``fmax_mhz`` says whether it can).
+ICE40_POINTS = [
+    ("softmax", lambda: SoftmaxAttention(**ICE40_SOFTMAX), 20.0),
+    ("linear_causal", lambda: _linear_causal(conv_taps=0), 16.0),
+    (f"linear_causal_conv{CAUSAL_TAPS}", lambda: _linear_causal(conv_taps=CAUSAL_TAPS), 16.0),
+    (f"linear_angular_conv{ANGULAR_TAPS}", lambda: _linear_angular(ANGULAR_TAPS), 20.0),
+]
+ICE40_SOFTMAX = dict(lanes=1, max_dim=32, max_tokens=128, max_heads=1, lut_macs="scale")
+
+
+def _linear_causal(conv_taps):
+    from amaformer.hdl.attention_linear import LinearCausalAttention
+    return LinearCausalAttention(lanes=1, max_dim=32, max_context=128, conv_taps=conv_taps,
+                                 lut_macs=True)
+
+
+def _linear_angular(conv_taps):
+    from amaformer.hdl.attention_angular import LinearAngularAttention
+    return LinearAngularAttention(lanes=1, max_dim=32, max_tokens=128, conv_taps=conv_taps,
+                                  lut_macs=True)
+
+
+def ice40_build(key, dut, clock_mhz, workdir):
+    """Place and route ``dut`` alone on the iCEBreaker (iCE40UP5K) with a PLL core clock of
+    about ``clock_mhz``, through the board flow of :mod:`amaformer.boards` (``-dsp``); returns
+    LC, FF, DSP, EBR, fmax and whether the placed design meets the clock."""
+    import importlib
+    bb = importlib.import_module("amaformer.boards.build")
+    from amaformer.boards.catalogue import get_board, toolchain_env
+    from amaformer.boards.clocks import PLLClock
+    from amaformer.gen.config import AcceleratorConfig
+    board = get_board("icebreaker")
+    platform = board.make_platform()
+    top = PLLClock(KernelOnly(dut), board.family, board.clock_mhz, clock_mhz)
+    platform.core_clock_hz = top.f_out_mhz * 1e6
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    plan = platform.build(top, name=key, build_dir=str(workdir), do_build=False,
+                          script_after_read=NO_COLLISION_KERNEL)
+    plan.extract(str(workdir))
+    prep = bb._Prepared(board, AcceleratorConfig(), "attention", key, workdir, plan,
+                        top.f_out_mhz)
+    bb._run_commands(prep, bb._no_progress, toolchain_env())
+    rep = bb._make_report(prep, time.monotonic() - t0)
+    keep = ("lut", "lut_total", "ff", "dsp", "dsp_total", "bram", "bram_total", "fmax_mhz",
+            "clock_mhz", "timing_met", "build_seconds")
+    return {k: rep[k] for k in keep}
+
+
+def ecp5_points():
+    """ECP5-85F points, one per mode: 8 lanes, d = 64, N <= 1024, DSP multipliers."""
+    from amaformer.hdl.attention_angular import LinearAngularAttention
+    from amaformer.hdl.attention_linear import LinearCausalAttention
+    return [
+        ("ecp5_85f_lanes8_d64", "ecp5", 50, SoftmaxAttention,
+         dict(lanes=8, max_dim=64, max_tokens=1024, max_heads=12)),
+        (f"ecp5_85f_linear_causal_conv{CAUSAL_TAPS}_lanes8_d64", "ecp5", 50,
+         LinearCausalAttention, dict(lanes=8, max_dim=64, max_context=1024,
+                                     conv_taps=CAUSAL_TAPS)),
+        (f"ecp5_85f_linear_angular_conv{ANGULAR_TAPS}_lanes8_d64", "ecp5", 50,
+         LinearAngularAttention, dict(lanes=8, max_dim=64, max_tokens=1024,
+                                      conv_taps=ANGULAR_TAPS)),
+    ]
+
+
+def ice40_resources(workroot, only=None):
+    out = {}
+    for key, make, mhz in ICE40_POINTS:
+        if only and key not in only:
+            continue
+        print(f"[bench] iCE40UP5K {key} ...", flush=True)
+        try:
+            out[key] = ice40_build(key, make(), mhz, workroot / key)
+        except Exception as e:          # noqa: BLE001 -- a failed build is a result too
+            out[key] = {"fits": False, "error": str(e).splitlines()[0]}
+        print(f"[bench] iCE40UP5K {key}: {out[key]}", flush=True)
     return out
 
 
@@ -233,16 +397,30 @@ def main(argv=None):
     ap.add_argument("--json", required=True, help="output file")
     ap.add_argument("--quick", action="store_true", help="fewer sentences, smaller checks")
     ap.add_argument("--no-synth", action="store_true", help="skip Yosys/nextpnr")
+    ap.add_argument("--ice40-only", action="store_true",
+                    help="place and route the iCE40UP5K points only (skip ECP5-85F, ~50 min)")
+    ap.add_argument("--only-resources", metavar="KEYS", default=None,
+                    help="comma-separated iCE40 or ECP5 points to build, skip everything else")
     ap.add_argument("--lanes", type=int, default=4)
     ap.add_argument("--head-dim", type=int, default=32)
     args = ap.parse_args(argv)
     t0 = time.monotonic()
+    if args.only_resources:
+        keys = args.only_resources.split(",")
+        with tempfile.TemporaryDirectory() as tmp:
+            res = {"ice40up5k": ice40_resources(Path(tmp), keys),
+                   "ecp5_85f": resources([p for p in ecp5_points() if p[0] in keys], Path(tmp))}
+        Path(args.json).write_text(json.dumps(res, indent=2) + "\n")
+        return
     report = {"config": {"lanes": args.lanes, "head_dim": args.head_dim,
                          "format": SoftmaxFormat().__dict__}}
     report["utilization"] = utilization(args.lanes, args.head_dim, args.quick)
     print("[bench] utilization", report["utilization"], flush=True)
     report["rtl_check"] = rtl_check(args.lanes, 16 if args.quick else 64, 8)
     print("[bench] rtl_check", report["rtl_check"], flush=True)
+    report["rtl_check_linear_angular"] = angular_rtl_check(
+        args.lanes, 8 if args.quick else 32, 8, 3 if args.quick else ANGULAR_TAPS)
+    print("[bench] rtl_check_linear_angular", report["rtl_check_linear_angular"], flush=True)
     report["linear_causal_cycles_per_token"] = {
         str(c): linear_causal_cycles_per_token(args.head_dim, args.lanes, c)
         for c in (64, 256, 1024)}
@@ -258,12 +436,9 @@ def main(argv=None):
     print("[bench] cosine", report["cosine"], flush=True)
     if not args.no_synth:
         with tempfile.TemporaryDirectory() as tmp:
-            report["resources"] = resources([
-                ("ice40up5k_lanes1_d32_lut", "ice40", 12,
-                 dict(lanes=1, max_dim=32, max_tokens=128, max_heads=1, lut_macs=True)),
-                ("ecp5_85f_lanes8_d64", "ecp5", 50,
-                 dict(lanes=8, max_dim=64, max_tokens=1024, max_heads=12)),
-            ], Path(tmp))
+            report["resources_ice40up5k"] = ice40_resources(Path(tmp))
+            if not args.ice40_only:
+                report["resources"] = resources(ecp5_points(), Path(tmp))
     report["seconds"] = round(time.monotonic() - t0, 1)
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"[bench] wrote {args.json} in {report['seconds']} s")

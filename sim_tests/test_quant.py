@@ -7,8 +7,8 @@ from amaformer.gen.config import ConfigError, LinearConfig
 from amaformer.gen.golden import linear_bcq, linear_shift
 from amaformer.gen.layout import alpha_code, pack_bcq_weights
 from amaformer.gen.numerics import requantize
-from amaformer.gen.quant import (allocate_bits, layer_sensitivity, quantize_bcq, quantize_shift,
-                                 relative_error, round_pow2_sum)
+from amaformer.gen.quant import (allocate_bits, hessian, layer_sensitivity, quantize_bcq,
+                                 quantize_shift, relative_error, round_pow2_sum)
 
 
 def weights(k=64, n=24, seed=0):
@@ -139,3 +139,68 @@ def test_config_modes():
         with pytest.raises(ConfigError) as e:
             LinearConfig(**kwargs)
         assert str(e.value) == message
+
+
+def calibration(k=48, r=300, seed=7):
+    """``r×k`` inputs with correlated features (as real activations have), one fixed feature
+    mix for every ``seed``, so different seeds draw from the same distribution."""
+    mix = torch.randn(k, k, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(r, k, generator=g, dtype=torch.float64) @ (torch.eye(k) + 0.4 * mix)
+
+
+@pytest.mark.parametrize("quantizer", [
+    lambda w, h: quantize_shift(w, levels=5, hessian=h),
+    lambda w, h: quantize_bcq(w, 2, group=16, hessian=h),
+    lambda w, h: quantize_bcq(w, 3, group=8, hessian=h),
+], ids=["shift", "bcq2", "bcq3"])
+def test_compensation_lowers_output_error(quantizer):
+    w = weights(k=48, n=32, seed=4)
+    x = calibration()
+    x_eval = calibration(seed=8)                # held-out inputs from the same distribution
+    plain = relative_error(x_eval @ quantizer(w, None).dequantize(), x_eval @ w)
+    compensated = quantizer(w, hessian(x))
+    comp = relative_error(x_eval @ compensated.dequantize(), x_eval @ w)
+    assert comp < 0.93 * plain, (comp, plain)
+
+
+def test_compensated_codes_stay_encodable():
+    w = weights(k=40, n=12, seed=5)                 # K not a multiple of the group
+    bw = quantize_bcq(w, 3, group=16, hessian=hessian(calibration(k=40)))
+    assert bw.planes.shape == (3, 40, 12) and bw.alpha.shape == (3, 3, 12)
+    assert set(bw.planes.unique().tolist()) <= {-1, 1}
+    for a in bw.alpha.unique().tolist():
+        alpha_code(a)
+    sw = quantize_shift(w, levels=4, hessian=hessian(calibration(k=40)))
+    assert set(sw.w_int.abs().unique().tolist()) <= {0, 1, 2, 4, 8}
+
+
+def test_compensation_update_is_the_conditional_optimum():
+    """Fixing rows b0:b1 moves the later rows by ``-H_RR⁻¹ H_RB d_B`` (H over rows b0..K),
+    the least-squares optimum the quantizers rely on."""
+    from amaformer.gen.quant import _compensate, _hessian_factor
+    k, n, b0, b1 = 20, 5, 6, 11
+    h = hessian(calibration(k=k))
+    g = torch.Generator().manual_seed(9)
+    w = torch.randn(k, n, generator=g, dtype=torch.float64)
+    q_blk = torch.randn(b1 - b0, n, generator=g, dtype=torch.float64)
+    got = w.clone()
+    _compensate(got, _hessian_factor(h, k, k), b0, b1, q_blk)
+    d = q_blk - w[b0:b1]
+    want = w[b1:] - torch.linalg.solve(h[b1:, b1:], h[b1:, b0:b1] @ d)
+    assert torch.allclose(got[b1:], want, atol=1e-9)
+    assert torch.equal(got[b0:b1], q_blk) and torch.equal(got[:b0], w[:b0])
+
+
+@pytest.mark.parametrize("args, message", [
+    ((torch.zeros(3),), r"x must be an R×K matrix of calibration inputs, not shape \(3,\)"),
+    ((torch.ones(4, 3), 0), "damp must be a positive number, not 0"),
+])
+def test_hessian_bad_args(args, message):
+    with pytest.raises(ValueError, match=message):
+        hessian(*args)
+
+
+def test_hessian_shape_checked():
+    with pytest.raises(ValueError, match=r"hessian must be K×K = 8×8, not \(4, 4\)"):
+        quantize_bcq(weights(k=8, n=4), 2, hessian=torch.eye(4))

