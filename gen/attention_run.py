@@ -108,6 +108,17 @@ def _conv_weights(taps, d, seed):
     return w, wq, float(ws)
 
 
+def _float_qkv(att, sentence, layer, tokens, seed):
+    """Float ``H×N×d`` Q, K, V: all-MiniLM-L6-v2 layer ``layer`` on ``sentence`` cut to the
+    configuration, or seeded N(0, 1) data with ``tokens`` tokens when ``sentence`` is None."""
+    if sentence is not None:
+        _, _, qf, kf, vf = minilm_attention_inputs([sentence], layers=[layer])[0]
+        return (t[:att.heads, :att.max_tokens, :att.head_dim] for t in (qf, kf, vf))
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(att.heads, min(tokens, att.max_tokens), att.head_dim, generator=g,
+                        dtype=torch.float64) for _ in range(3))
+
+
 def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=0):
     """Run one job of the configured kernel (``att``: an ``AttentionConfig``) in simulation.
 
@@ -124,13 +135,7 @@ def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=
     AttentionRun
     """
     dut = attention_engine_from_config(att)
-    if sentence is not None:
-        _, _, qf, kf, vf = minilm_attention_inputs([sentence], layers=[layer])[0]
-        qf, kf, vf = (t[:att.heads, :att.max_tokens, :att.head_dim] for t in (qf, kf, vf))
-    else:
-        g = torch.Generator().manual_seed(seed)
-        qf, kf, vf = (torch.randn(att.heads, min(tokens, att.max_tokens), att.head_dim,
-                                  generator=g, dtype=torch.float64) for _ in range(3))
+    qf, kf, vf = _float_qkv(att, sentence, layer, tokens, seed)
     heads, n, d = qf.shape
     fmt = SoftmaxFormat.from_config(att)
     if att.mode == "softmax":
@@ -250,13 +255,7 @@ def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens
 
     att = dataclasses.replace(config.attention, enabled=True)
     config = config.replace(attention=att)
-    if sentence is not None:
-        _, _, qf, kf, vf = minilm_attention_inputs([sentence], layers=[layer])[0]
-        qf, kf, vf = (t[:att.heads, :att.max_tokens, :att.head_dim] for t in (qf, kf, vf))
-    else:
-        g = torch.Generator().manual_seed(seed)
-        qf, kf, vf = (torch.randn(att.heads, min(tokens, att.max_tokens), att.head_dim,
-                                  generator=g, dtype=torch.float64) for _ in range(3))
+    qf, kf, vf = _float_qkv(att, sentence, layer, tokens, seed)
     heads, n, d = qf.shape
     fmt = SoftmaxFormat.from_config(att)
     quant = [tuple(quantize(t[h]) for t in (qf, kf, vf)) for h in range(heads)]

@@ -209,19 +209,25 @@ class _Pins(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.dut = dut = self.dut
-        ins, outs = [], []
-        for _path, member, value in dut.signature.flatten(dut):
-            (ins if member.flow == wiring.In else outs).append(Value.cast(value))
-        sreg = Signal(sum(len(v) for v in ins))
-        m.d.sync += sreg.eq(Cat(self.rx, sreg[:-1]))
-        pos = 0
-        for v in ins:
-            m.d.comb += v.eq(sreg[pos:pos + len(v)])
-            pos += len(v)
-        oreg = Signal(sum(len(v) for v in outs))
-        m.d.sync += [oreg.eq(Cat(*outs)), self.tx.eq(oreg.xor())]
+        m.submodules.dut = self.dut
+        _wire_to_pins(m, self.dut, self.rx, self.tx)
         return m
+
+
+def _wire_to_pins(m, dut, rx, tx):
+    """Every input of ``dut`` from a shift register fed by ``rx``; every output registered and
+    XOR-reduced onto ``tx``."""
+    ins, outs = [], []
+    for _path, member, value in dut.signature.flatten(dut):
+        (ins if member.flow == wiring.In else outs).append(Value.cast(value))
+    sreg = Signal(sum(len(v) for v in ins))
+    m.d.sync += sreg.eq(Cat(rx, sreg[:-1]))
+    pos = 0
+    for v in ins:
+        m.d.comb += v.eq(sreg[pos:pos + len(v)])
+        pos += len(v)
+    oreg = Signal(sum(len(v) for v in outs))
+    m.d.sync += [oreg.eq(Cat(*outs)), tx.eq(oreg.xor())]
 
 
 def synth(dut, family, workdir, freq):
@@ -291,17 +297,7 @@ class KernelOnly(wiring.Component):
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
-        ins, outs = [], []
-        for _path, member, value in dut.signature.flatten(dut):
-            (ins if member.flow == wiring.In else outs).append(Value.cast(value))
-        sreg = Signal(sum(len(v) for v in ins))
-        m.d.sync += sreg.eq(Cat(rx_buf.i, sreg[:-1]))
-        pos = 0
-        for v in ins:
-            m.d.comb += v.eq(sreg[pos:pos + len(v)])
-            pos += len(v)
-        oreg = Signal(sum(len(v) for v in outs))
-        m.d.sync += [oreg.eq(Cat(*outs)), tx_buf.o.eq(oreg.xor())]
+        _wire_to_pins(m, dut, rx_buf.i, tx_buf.o)
         return m
 
 
