@@ -264,12 +264,47 @@ def test_softmax_attention_constructor_errors():
 
 # --- linear_causal RTL ----------------------------------------------------------------------
 
+async def _load_conv(ctx, dut, w, lanes, max_dim, conv_mult, conv_shift):
+    """Write the ``taps×d`` convolution weights through ``cw_wr`` and set the conv scale."""
+    from amaformer.hdl.attention_angular import conv_weight_writes
+    for a, val in conv_weight_writes(w, lanes, max_dim):
+        ctx.set(dut.cw_wr.addr, a)
+        ctx.set(dut.cw_wr.data, val)
+        ctx.set(dut.cw_wr.en, 1)
+        await ctx.tick()
+    ctx.set(dut.cw_wr.en, 0)
+    ctx.set(dut.conv_mult, conv_mult)
+    ctx.set(dut.conv_shift, conv_shift)
+
+
+async def _stream_job(ctx, dut, beats, ib, out, rng, idle, bp, limit):
+    """Offer ``beats[ib:]`` on ``qkv`` (idle with probability ``idle``) and collect ``o``
+    (back-pressure ``bp``) until ``done``; returns (cycles since start, next beat index)."""
+    cyc = 1
+    while cyc < limit:
+        valid = ib < len(beats) and rng.random() >= idle
+        ctx.set(dut.qkv.valid, valid)
+        if valid:
+            ctx.set(dut.qkv.payload, beats[ib])
+        ctx.set(dut.o.ready, rng.random() >= bp)
+        done = ctx.get(dut.done)
+        fire = valid and ctx.get(dut.qkv.ready)
+        if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
+            out.append(ctx.get(dut.o.payload))
+        await ctx.tick()
+        ib += fire
+        if done:
+            break
+        cyc += 1
+    ctx.set(dut.qkv.valid, 0)
+    return cyc, ib
+
+
 def _run_linear_causal(lanes, max_dim, d, chunks, seed, idle=0.0, bp=0.0, max_context=64,
                        taps=0, clears=None, lut_macs=False):
     """Run jobs of ``chunks`` tokens (the first clears the state, the others continue the
     sequence unless ``clears`` says otherwise); return the per-job cycle counts after checking
     every output. ``taps > 0``: with a causal depthwise convolution of random weights."""
-    from amaformer.hdl.attention_angular import conv_weight_writes
     from amaformer.hdl.attention_linear import LinearCausalAttention
     g = torch.Generator().manual_seed(seed)
     t_all = sum(chunks)
@@ -298,38 +333,16 @@ def _run_linear_causal(lanes, max_dim, d, chunks, seed, idle=0.0, bp=0.0, max_co
     async def tb(ctx):
         ib = 0
         if taps:
-            for a, val in conv_weight_writes(w, lanes, max_dim):
-                ctx.set(dut.cw_wr.addr, a)
-                ctx.set(dut.cw_wr.data, val)
-                ctx.set(dut.cw_wr.en, 1)
-                await ctx.tick()
-            ctx.set(dut.cw_wr.en, 0)
-            ctx.set(dut.conv_mult, cm)
-            ctx.set(dut.conv_shift, csh)
+            await _load_conv(ctx, dut, w, lanes, max_dim, cm, csh)
         for ci, n in enumerate(chunks):
             for port, val in ((dut.tokens, n), (dut.dim, d), (dut.clear, clears[ci]),
                               (dut.out_mult, om), (dut.out_shift, os_), (dut.start, 1)):
                 ctx.set(port, val)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            cyc = 1
-            while cyc < 200 * n * d + 1000:
-                valid = ib < len(beats) and rng.random() >= idle
-                ctx.set(dut.qkv.valid, valid)
-                if valid:
-                    ctx.set(dut.qkv.payload, beats[ib])
-                ctx.set(dut.o.ready, rng.random() >= bp)
-                done = ctx.get(dut.done)
-                fire = valid and ctx.get(dut.qkv.ready)
-                if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
-                    out.append(ctx.get(dut.o.payload))
-                await ctx.tick()
-                ib += fire
-                if done:
-                    break
-                cyc += 1
+            cyc, ib = await _stream_job(ctx, dut, beats, ib, out, rng, idle, bp,
+                                        200 * n * d + 1000)
             cycles.append(cyc)
-            ctx.set(dut.qkv.valid, 0)
 
     simulate(dut, tb)
     assert len(out) == t_all * d
@@ -423,7 +436,7 @@ def _run_linear_angular(lanes, max_dim, d, n, taps, seed, idle=0.0, bp=0.0, max_
     """Run ``jobs`` jobs back to back (new Q, K, V each, the conv weights loaded once) with
     random int8 data; check every output against ``attention_linear_angular`` and return the
     per-job cycle counts."""
-    from amaformer.hdl.attention_angular import LinearAngularAttention, conv_weight_writes
+    from amaformer.hdl.attention_angular import LinearAngularAttention
     g = torch.Generator().manual_seed(seed)
     w = torch.randint(-128, 128, (taps, d), generator=g) if taps else None
     hm, hs = (int(x) for x in requant_params(0.5))
@@ -444,14 +457,7 @@ def _run_linear_angular(lanes, max_dim, d, n, taps, seed, idle=0.0, bp=0.0, max_
 
     async def tb(ctx):
         if taps:
-            for a, val in conv_weight_writes(w, lanes, max_dim):
-                ctx.set(dut.cw_wr.addr, a)
-                ctx.set(dut.cw_wr.data, val)
-                ctx.set(dut.cw_wr.en, 1)
-                await ctx.tick()
-            ctx.set(dut.cw_wr.en, 0)
-            ctx.set(dut.conv_mult, cm)
-            ctx.set(dut.conv_shift, csh)
+            await _load_conv(ctx, dut, w, lanes, max_dim, cm, csh)
         for beats, _ in data:
             for port, val in ((dut.tokens, n), (dut.dim, d), (dut.half_mult, hm),
                               (dut.half_shift, hs), (dut.ang_mult, am), (dut.ang_shift, ash),
@@ -459,23 +465,8 @@ def _run_linear_angular(lanes, max_dim, d, n, taps, seed, idle=0.0, bp=0.0, max_
                 ctx.set(port, val)
             await ctx.tick()
             ctx.set(dut.start, 0)
-            cyc, ib = 1, 0
-            while cyc < 100 * n * d * (d + taps) + 1000:
-                valid = ib < len(beats) and rng.random() >= idle
-                ctx.set(dut.qkv.valid, valid)
-                if valid:
-                    ctx.set(dut.qkv.payload, beats[ib])
-                ctx.set(dut.o.ready, rng.random() >= bp)
-                done = ctx.get(dut.done)
-                fire = valid and ctx.get(dut.qkv.ready)
-                if ctx.get(dut.o.valid) and ctx.get(dut.o.ready):
-                    out.append(ctx.get(dut.o.payload))
-                await ctx.tick()
-                ib += fire
-                if done:
-                    break
-                cyc += 1
-            ctx.set(dut.qkv.valid, 0)
+            cyc, ib = await _stream_job(ctx, dut, beats, 0, out, rng, idle, bp,
+                                        100 * n * d * (d + taps) + 1000)
             assert ib == len(beats), f"{len(beats) - ib} input beats not taken"
             cycles.append(cyc)
 
