@@ -37,8 +37,10 @@ DESIGNS = ("auto", "accelerator", "engine")
 #:
 #: * linear engines (``*.engine``: ``mul``, ``shift``, ``bcq``): weights and parameters are
 #:   written only while the engine is idle (the top answers ``WRITE`` with ``BUSY`` during a
-#:   job), when their reads are ignored; ``mul``/``shift`` row buffer: written only in a row's
-#:   first column group, whose lanes take X from the stream, not from the buffer; ``bcq``
+#:   job), when their reads are ignored; ``mul`` row buffer: written only in a row's first
+#:   column group, whose lanes take X from the stream, not from the buffer; ``shift`` row
+#:   buffer: a chunk is read only once the writer's chunk counter has passed it, and the
+#:   prefetching writer fills the other half (the row after the one being read); ``bcq``
 #:   tables: a build reads entry ``j < 2^t`` and writes ``2^t + j``, queries never overlap a
 #:   build; ``bcq`` accumulators: the write (column n, last plane) and a read that is used
 #:   (column n + 1, first plane) are different columns, and chunks are a table build apart.

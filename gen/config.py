@@ -56,13 +56,18 @@ class LinearConfig:
     max_m : int
         Largest number of rows M of a job (width of the row counter).
     weight_depth : int
-        Weight buffer depth in words of ``lanes`` weights. A job needs
-        ``K · ceil(N / lanes) <= weight_depth``; the host splits larger layers over N.
+        Weight buffer depth in words of ``lanes`` weights (``shift``: ``lanes·shift_inputs``
+        codes). A job needs ``K · ceil(N / lanes) <= weight_depth`` (``shift``:
+        ``ceil(K / shift_inputs) · ceil(N / lanes)``); the host splits larger layers over N.
     act_bits, weight_bits : int
         Signed width of activations (input and output) and of weights, in bits (``mul`` only;
         ``shift`` weights are 4-bit codes, ``bcq`` weights are bit planes).
     shift_levels : int
         ``shift``: number of weight magnitudes ``2^0 .. 2^(shift_levels-1)`` (plus zero), 1 to 7.
+    shift_inputs : int
+        ``shift``: products g summed per lane and cycle, 1 to 64 (``lanes·g`` MAC-equivalents
+        per cycle). A weight word holds ``lanes·g`` codes; a job needs
+        ``ceil(K/g)·ceil(N/lanes)`` words.
     bcq_bits : int
         ``bcq``: bit planes q per weight, 1 to 4.
     bcq_group : int or None
@@ -83,6 +88,7 @@ class LinearConfig:
     act_bits: int = 8
     weight_bits: int = 8
     shift_levels: int = 7
+    shift_inputs: int = 1
     bcq_bits: int = 2
     bcq_group: int | None = None
     enabled: bool = True
@@ -92,6 +98,7 @@ class LinearConfig:
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"linear.enabled must be true or false, not {self.enabled!r}")
         _check_int("linear.shift_levels", self.shift_levels, 1, 7)
+        _check_int("linear.shift_inputs", self.shift_inputs, 1, 64)
         _check_int("linear.bcq_bits", self.bcq_bits, 1, 4)
         if self.bcq_group is not None:
             chunk = 8 * self.lanes if isinstance(self.lanes, int) else 8
@@ -128,8 +135,13 @@ class LinearConfig:
         _check_int("job N", n, 1, self.max_n)
         words = self.weight_words(k, n)
         if words > self.weight_depth:
-            what = (f"ceil(K/{8 * self.lanes})·N·q = {words}" if self.mode == "bcq" else
-                    f"K·ceil(N/lanes) = {k}·ceil({n}/{self.lanes}) = {words}")
+            if self.mode == "bcq":
+                what = f"ceil(K/{8 * self.lanes})·N·q = {words}"
+            elif self.mode == "shift" and self.shift_inputs > 1:
+                what = (f"ceil(K/g)·ceil(N/lanes) = ceil({k}/{self.shift_inputs})·"
+                        f"ceil({n}/{self.lanes}) = {words}")
+            else:
+                what = f"K·ceil(N/lanes) = {k}·ceil({n}/{self.lanes}) = {words}"
             raise ConfigError(
                 f"job {what} weight words does "
                 f"not fit linear.weight_depth = {self.weight_depth}; split N (at most "
@@ -139,13 +151,17 @@ class LinearConfig:
         """Weight-buffer words an ``M×K @ K×N`` job needs."""
         if self.mode == "bcq":
             return -(-k // (8 * self.lanes)) * n * self.bcq_bits
-        return k * -(-n // self.lanes)
+        return self._k_words(k) * -(-n // self.lanes)
+
+    def _k_words(self, k):
+        """Weight words per group of ``lanes`` columns: K, or ``ceil(K/g)`` for shift."""
+        return -(-k // self.shift_inputs) if self.mode == "shift" else k
 
     def max_n_for_k(self, k):
         """Largest N whose weights fit the buffer for reduction length ``k``."""
         if self.mode == "bcq":
             return min(self.max_n, self.weight_depth // self.weight_words(k, 1))
-        return min(self.max_n, (self.weight_depth // k) * self.lanes)
+        return min(self.max_n, (self.weight_depth // self._k_words(k)) * self.lanes)
 
 
 @dataclass(frozen=True)

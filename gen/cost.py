@@ -46,10 +46,36 @@ def linear_utilization(m, k, n, lanes):
     return linear_macs(m, k, n) / (lanes * linear_cycles(m, k, n, lanes))
 
 
-def shift_cycles(m, k, n, lanes):
-    """Cycles of one job on a :class:`~amaformer.hdl.shift.ShiftEngine`, which keeps the
-    ``LinearEngine`` schedule and pipeline depth (only its lanes differ): :func:`linear_cycles`."""
-    return linear_cycles(m, k, n, lanes)
+def shift_cycles(m, k, n, lanes, inputs=1):
+    """Cycles of one ``M×K @ K×N`` job on a :class:`~amaformer.hdl.shift.ShiftEngine` with
+    ``inputs`` = g products per lane and cycle.
+
+    The engine takes one activation per cycle into a two-row buffer: row ``r + 1`` streams in
+    (``K`` cycles) while the groups of row ``r`` issue, and row ``r + 2`` waits until the
+    last issue of row ``r``. A group issues one chunk of g per cycle (``ceil(K/g)``); in a
+    row's first group a chunk issues no earlier than the cycle after its last byte arrives,
+    so a row costs about ``max(K, groups·ceil(K/g))`` cycles and the first ``K + 1``. As in
+    :func:`linear_cycles`, the last chunk of a group waits until the previous group has left
+    the holding register, ``LINEAR_HOLD_LATENCY + T + columns`` cycles after that group's
+    last issue (``T = ceil(log2 g)`` adder-tree stages), and the job ends
+    ``LINEAR_TAIL + T + columns`` cycles after the last issue.
+    """
+    if min(m, k, n) <= 0:
+        return 2
+    tree = max(inputs - 1, 0).bit_length()
+    chunks = -(-k // inputs)
+    groups = [min(lanes, n - c) for c in range(0, n, lanes)]
+    t = 0               # cycle of the latest last-chunk issue
+    release = 0         # first cycle in which the holding register is free again
+    row_start = 1       # first cycle of the row's activations
+    prev_end = 0        # cycle of the previous row's last issue
+    for _ in range(m):
+        written = row_start + k - 1         # cycle of the row's last activation
+        for i, cnt in enumerate(groups):
+            t = max(t + chunks, written + 1 if i == 0 else 0, release)
+            release = t + LINEAR_HOLD_LATENCY + tree + cnt
+        row_start, prev_end = max(written, prev_end) + 1, t
+    return t + LINEAR_TAIL + tree + groups[-1]
 
 
 #: BcqEngine: cycles from the last query issue to ``done`` (pipeline, requantizer, y).

@@ -54,13 +54,19 @@ def pack_requant_params(bias, mult, shift):
     return [(b & 0xFFFF_FFFF) | (m << 32) | (s << 48) for b, m, s in zip(bias, mult, shift)]
 
 
-def pack_shift_weights(w_int, lanes):
+def pack_shift_weights(w_int, lanes, inputs=1):
     """Weight-buffer words of the ``shift`` engine for ``K×N`` weights in ``{0, ±2^s}``.
 
-    Same word layout as :func:`pack_linear_weights` with 4-bit codes
-    (:data:`amaformer.hdl.shift.SHIFT_CODE_BITS`): bits ``[0:3]`` hold ``s`` for ``±2^s``
-    (``s`` in 0..6) or 7 for zero, bit 3 is set for negative weights. Columns past N in the last
-    group hold the zero code.
+    4-bit codes (:data:`amaformer.hdl.shift.SHIFT_CODE_BITS`): bits ``[0:3]`` hold ``s`` for
+    ``±2^s`` (``s`` in 0..6) or 7 for zero, bit 3 is set for negative weights. With ``inputs`` = g
+    (:class:`~amaformer.hdl.shift.ShiftEngine`), word ``grp·ceil(K/g) + c`` holds the code of
+    ``W[c·g + i, grp·lanes + j]`` in bits ``[4(j·g + i), 4(j·g + i) + 4)``; inputs past K and
+    columns past N hold the zero code. ``inputs = 1`` is :func:`pack_linear_weights`'s layout.
+
+    Returns
+    -------
+    list of int
+        ``ceil(K/g) · ceil(N/lanes)`` words, each ``4·lanes·g`` bits wide.
     """
     from ..hdl.shift import SHIFT_ZERO
     w = torch.as_tensor(w_int).to(torch.int64)
@@ -69,10 +75,19 @@ def pack_shift_weights(w_int, lanes):
         raise ValueError("shift weights must be 0 or ±2^s with s in [0, 6]")
     k, n = w.shape
     groups = -(-n // lanes)
-    s = torch.full((k, groups * lanes), SHIFT_ZERO, dtype=torch.int64)
+    chunks = -(-k // inputs)
+    s = torch.full((chunks * inputs, groups * lanes), SHIFT_ZERO, dtype=torch.int64)
     exp = torch.log2(a.clamp(min=1).double()).round().to(torch.int64)
-    s[:, :n] = torch.where(a == 0, SHIFT_ZERO, exp) | torch.where(w < 0, 8, 0)
-    return pack_linear_weights(s, lanes, bits=4)
+    s[:k, :n] = torch.where(a == 0, SHIFT_ZERO, exp) | torch.where(w < 0, 8, 0)
+    # [chunk, i, group, j] -> word (group, chunk), code index j·g + i
+    codes = s.reshape(chunks, inputs, groups, lanes).permute(2, 0, 3, 1)
+    words = []
+    for row in codes.reshape(groups * chunks, lanes * inputs).tolist():
+        word = 0
+        for t, v in enumerate(row):
+            word |= v << (4 * t)
+        words.append(word)
+    return words
 
 
 def _alpha_table():
@@ -184,8 +199,10 @@ class BcqMatrix:
         return BcqMatrix(self.planes[:, :, cols], self.alpha[:, :, cols], self.group)
 
 
-def pack_engine_weights(mode, w, lanes, weight_bits=8):
+def pack_engine_weights(mode, w, lanes, weight_bits=8, inputs=1):
     """Weight-buffer words for an engine of ``mode`` (a name or a ``protocol.MODE_CODES`` code).
+
+    ``inputs``: products per lane and cycle of a ``shift`` engine (ignored otherwise).
 
     ``mul``: ``K×N`` integers in ``[-2^(weight_bits-1), 2^(weight_bits-1) - 1]``;
     ``shift``: ``K×N`` integers 0 or ``±2^s``; ``bcq``: a :class:`BcqMatrix`.
@@ -199,7 +216,7 @@ def pack_engine_weights(mode, w, lanes, weight_bits=8):
         return pack_bcq_weights(w.planes, w.alpha, w.group, lanes)
     w = torch.as_tensor(np.asarray(w)).to(torch.int64)
     if mode == "shift":
-        return pack_shift_weights(w, lanes)
+        return pack_shift_weights(w, lanes, inputs)
     if mode != "mul":
         raise ValueError(f"mode must be one of 'mul', 'shift', 'bcq', not {mode!r}")
     lo, hi = -(1 << (weight_bits - 1)), (1 << (weight_bits - 1)) - 1

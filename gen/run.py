@@ -152,6 +152,10 @@ def compile_minilm(which="query", cols=384, sentence=MINILM_SENTENCE):
     return compile_linear(layer, calib), layer, x
 
 
+#: ``shift`` shape of :func:`compare_encodings`: products per lane per cycle and magnitudes.
+SHIFT_DEMO_INPUTS, SHIFT_DEMO_LEVELS = 16, 4
+
+
 def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
     """Run one random float layer ``Y = X·W + b`` (``M×K @ K×N``) in each weight encoding (mul,
     shift, bcq with q = 2) on the simulated device through the host driver: the demo's table of
@@ -160,8 +164,9 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
     Returns
     -------
     list of dict
-        ``mode``, ``lanes``, ``cycles`` (measured), ``macs_per_cycle``, ``bit_exact`` (device
-        output equals the golden model), ``rel_error`` (dequantized output vs float).
+        ``mode``, ``lanes`` (bcq: table slots), ``peak_macs_per_cycle`` (shift: ``lanes`` ×
+        :data:`SHIFT_DEMO_INPUTS`), ``cycles`` (measured), ``macs_per_cycle``, ``bit_exact``
+        (device output equals the golden model), ``rel_error`` (dequantized output vs float).
     """
     from ..host import Device
     from ..host.sim import SimTransport
@@ -169,7 +174,7 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
     from .golden import linear_bcq, linear_shift
     from .numerics import quantize, requant_params
     from .quant import quantize_bcq, quantize_shift, relative_error
-    lanes = {"mul": 8, "shift": 8, "bcq": 8} | (lanes or {})
+    lanes = {"mul": 8, "shift": 4, "bcq": 8} | (lanes or {})
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(m, k, generator=g, dtype=torch.float64)
     w = torch.randn(k, n, generator=g, dtype=torch.float64) / k ** 0.5
@@ -186,10 +191,12 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
             cfg = LinearConfig(mode="mul", lanes=lanes["mul"], max_k=k, max_n=n, max_m=m,
                                weight_depth=k * -(-n // lanes["mul"]))
         elif kind == "shift":
-            qw = quantize_shift(w)
+            # the iCE40 64-MAC-eq shape: 4 lanes × 16 products per cycle, 4 magnitudes
+            qw = quantize_shift(w, levels=SHIFT_DEMO_LEVELS)
             wq, sw = qw.w_int, qw.scale
             cfg = LinearConfig(mode="shift", lanes=lanes["shift"], max_k=k, max_n=n, max_m=m,
-                               weight_depth=k * -(-n // lanes["shift"]))
+                               shift_inputs=SHIFT_DEMO_INPUTS, shift_levels=SHIFT_DEMO_LEVELS,
+                               weight_depth=-(-k // SHIFT_DEMO_INPUTS) * -(-n // lanes["shift"]))
         else:
             qw = quantize_bcq(w, 2)
             wq, sw = qw.matrix(), qw.scale
@@ -207,7 +214,10 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
             gold = linear_shift(xq, wq, b_int, mult, shift)
         else:
             gold = linear_bcq(xq, qw.planes, qw.alpha, qw.group, b_int, mult, shift)
-        rows.append({"mode": mode, "lanes": cfg.lanes, "cycles": dev.last_cycles,
+        peak = {"mul": cfg.lanes, "shift": cfg.lanes * SHIFT_DEMO_INPUTS,
+                "bcq": 8 * cfg.lanes // 2}[kind]
+        rows.append({"mode": mode, "lanes": cfg.lanes, "peak_macs_per_cycle": peak,
+                     "cycles": dev.last_cycles,
                      "macs_per_cycle": round(m * k * n / dev.last_cycles, 2),
                      "bit_exact": bool(torch.equal(y, gold)),
                      "rel_error": round(relative_error(y.double() * sy, y_ref), 4)})

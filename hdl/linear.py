@@ -56,23 +56,83 @@ def lut_multiply_partials(a, b):
     return sums
 
 
+def _all_sign(bits, sign):
+    """1 when every bit of ``bits`` equals ``sign`` (also when ``bits`` is empty)."""
+    if len(bits) == 0:
+        return C(1, 1)
+    return (bits ^ sign.replicate(len(bits))) == 0
+
+
+def _window_shift_stage(value, sign, amount, log2_step, out_width):
+    """One stage of a right shift that keeps only a low window of the result.
+
+    ``value`` stands for a two's-complement number whose bits above ``len(value)`` are all
+    ``sign``. Returns ``(window, fits)``: ``window`` is bits ``[0, out_width)`` of
+    ``value >> (amount · 2^log2_step)`` (``amount`` is one bit, the shift arithmetic) and ``fits``
+    is 1 when every dropped bit above the window is a copy of ``sign``.
+    """
+    step = 1 << log2_step
+    ext = Cat(value, sign.replicate(max(0, step + out_width - len(value))))
+    shifted, kept = ext[step:step + out_width], ext[:out_width]
+    fits = Mux(amount, _all_sign(value[step + out_width:], sign),
+               _all_sign(value[out_width:], sign))
+    return Mux(amount, shifted, kept), fits
+
+
+def _coarse_fits(value, sign, shift, base):
+    """``fits`` of the stages ``k = 5, 4, 3`` of :func:`_window_shift_stage` (shift bits
+    ``shift[3:6]``, windows of ``base + 2^k`` bits), computed on the unshifted ``value``.
+
+    Stage ``k`` with its bit clear drops ``value[o + base + 2^k : o + base + 2^(k+1)]``, where
+    ``o`` is the shift of the stages above it; these runs are whole 8-bit segments from bit
+    ``base``, so one sign check per segment, shared by every stage, and a small select by the
+    higher shift bits replace a check per stage on the shifted values (5 LUT4s fewer on iCE40
+    with a 33-bit ``s``). Bits at ``base + 64`` and above are always dropped.
+    """
+    n_seg = max(8, -(-(len(value) - base) // 8))
+    seg = [_all_sign(value[base + 8 * i:base + 8 * i + 8], sign) for i in range(n_seg)]
+    fits = Cat(*seg[8:]).all() if n_seg > 8 else C(1, 1)
+    for k in (5, 4, 3):
+        higher = shift[k + 1:6]
+        checks = []
+        for o in range(1 << len(higher)):
+            first = (o << (k + 1)) // 8 + (1 << (k - 3))
+            run = seg[first:first + (1 << (k - 3))]
+            checks.append(Cat(*run).all() if run else C(1, 1))
+        check = checks[0] if len(checks) == 1 else Array(checks)[higher]
+        fits = fits & (shift[k] | check)
+    return fits
+
+
 class PipelinedRequantizer(Requantizer):
     """:class:`~amaformer.hdl.common.Requantizer` in six pipeline stages instead of three.
 
     Same ports, arithmetic, rounding (half up), saturation and stall behaviour; only the
-    latency differs: ``LATENCY = 6`` cycles from an ``i`` transfer to ``o.valid``. The
-    three-stage version computes the 33×16-bit product, and the 64-bit round, shift and clamp,
-    in one cycle each, which holds an iCE40UP5K at about 14 MHz. Here:
+    latency differs: ``LATENCY = 6`` cycles from an ``i`` transfer to ``o.valid``. With
+    ``B = out_bits``, ``s = acc + bias`` (``max(acc_width, 32) + 1`` bits, so any 32-bit bias is
+    exact), ``p = s·mult`` and ``t = 2p >> shift`` (arithmetic), the result is
+    ``y = (t + 1) >> 1``, saturated: ``((2p >> S) + 1) >> 1 = (p + 2^(S-1)) >> S`` for ``S >= 1`` and ``p`` for
+    ``S = 0``, so round half up needs no wide rounding adder. ``t`` itself is never built: only
+    its low ``B + 1`` bits ``u`` and whether all its higher bits are copies of its sign
+    (``fits``). ``y`` is in range (``t`` in ``[-2^B - 1, 2^B - 2]``) exactly when ``fits`` holds
+    and ``u >= 2^B - 1`` is true for a negative ``t``, false for a non-negative one; it is then
+    ``(u + 1) >> 1`` taken to ``B`` bits, else the rail of ``t``'s sign.
 
     1. ``s = acc + bias``
-    2. ``lo = s[0:16]·mult``, ``hi = s[16:]·mult`` (one 16×16 ``SB_MAC16`` each on iCE40)
-    3. ``p = hi·2^16 + lo`` (``= s·mult``)
-    4. ``t = (2p) >> shift`` (arithmetic)
-    5. saturation flags ``t >= 2^(B+1) - 1`` and ``t <= -2^(B+1) - 2``, and ``t``'s low bits
-    6. ``y = (t + 1) >> 1``, or the rail
+    2. ``lo = s[0:16]·mult`` (one ``SB_MAC16`` on iCE40, its output register included)
+    3. ``q = s[16:32]·mult + lo[16:32]`` (the second ``SB_MAC16``, with its post-adder; 32 bits
+       unsigned, no overflow); ``s[32:]·mult``, the rows above the DSPs, in logic
+    4. ``p[32:] = q[16:32] + s[32:]·mult``; coarse shift of ``2p`` (``max(acc_width, 32) + 18``
+       bits) by ``shift & 56``, keeping ``B + 8`` bits, and whether the dropped bits are sign
+       copies (:func:`_coarse_fits`)
+    5. fine shift by ``shift & 7`` to ``u`` (``B + 1`` bits); range flag; ``(u + 1) >> 1``
+    6. ``y`` or the rail
 
-    Step 6 is round half up: ``((2p >> s) + 1) >> 1 = (p + 2^(s-1)) >> s`` for ``s >= 1``, and
-    ``p`` for ``s = 0``, so no 64-bit rounding adder is needed (``B`` is ``out_bits - 1``).
+    All data registers are reset-less (so that Yosys packs the multipliers' operand, output and
+    post-adder registers into the ``SB_MAC16``); only the valid bits are reset. Yosys
+    ``synth_ice40 -dsp``, ``acc_width`` 24 (33): two ``SB_MAC16``, 224 (247) LUT4s and 145 (163)
+    flip-flops, against 468 (414, and three ``SB_MAC16``) LUT4s and 258 (262) flip-flops for a
+    full 51-bit shifter and 51-bit compares.
     """
 
     LATENCY = 6
@@ -84,33 +144,55 @@ class PipelinedRequantizer(Requantizer):
 
         ob = self.out_bits
         sum_w = max(self.acc_width, 32) + 1
-        prod_w = sum_w + 17
+        top_w = sum_w - 32                   # rows of s above the two 16-bit DSP operands
+        win = ob + 1                         # bits of t kept: u
         valid = [Signal(name=f"v{i}") for i in range(1, 6)]
-        shift = [Signal(6, name=f"shift{i}") for i in range(1, 4)]
-        s1 = Signal(signed(sum_w))
-        mult1 = Signal(16)
-        lo2 = Signal(32)
-        hi2 = Signal(signed(sum_w - 16 + 17))
-        p3 = Signal(signed(prod_w))
-        t4 = Signal(signed(prod_w + 1))
-        sat_hi5, sat_lo5 = Signal(), Signal()
-        t5 = Signal(signed(ob + 2))
+
+        def reg(shape, name):
+            return Signal(shape, name=name, reset_less=True)
+
+        s1, mult1, shift1 = reg(signed(sum_w), "s1"), reg(16, "mult1"), reg(6, "shift1")
+        lo2, mid2, top2 = reg(32, "lo2"), reg(16, "mid2"), reg(signed(top_w), "top2")
+        mult2, shift2 = reg(16, "mult2"), reg(6, "shift2")
+        q3, plo3, shift3 = reg(32, "q3"), reg(16, "plo3"), reg(6, "shift3")
+        # s[32:]·mult = pos - neg: the sign row ``neg`` (weight -2^(top_w-1)) and the others
+        pos3, neg3 = reg(16 + top_w - 1, "pos3"), reg(16, "neg3")
+        v4, shift4 = reg(win + 7, "v4"), reg(3, "shift4")
+        sign4, fits4 = reg(1, "sign4"), reg(1, "fits4")
+        r5, sat5, sign5 = reg(ob, "r5"), reg(1, "sat5"), reg(1, "sign5")
         y_max, y_min = (1 << (ob - 1)) - 1, -(1 << (ob - 1))
+
+        # stage 4: the top rows, then the coarse shift
+        p_top = Signal(signed(top_w + 16))
+        m.d.comb += p_top.eq(q3[16:] + pos3 - (neg3 << (top_w - 1)))
+        p2 = Cat(C(0, 1), plo3, q3[:16], p_top)            # 2p, sum_w + 17 bits
+        sign = p_top[-1]
+        v = p2
+        for k in (5, 4, 3):
+            v, _ = _window_shift_stage(v, sign, shift3[k], k, win + (1 << k) - 1)
+        fits = _coarse_fits(p2, sign, shift3, win - 1)
+        # stage 5: the fine shift, the range check and the rounding
+        u, fits5 = v4, fits4
+        for k in (2, 1, 0):
+            u, ok = _window_shift_stage(u, sign4, shift4[k], k, win + (1 << k) - 1)
+            fits5 = fits5 & ok
+        ge = u[ob] | u[:ob].all()                          # u >= 2^B - 1
+
         with m.If(en):
             par = self.i.payload.params
-            m.d.sync += [valid[0].eq(self.i.valid), shift[0].eq(par.shift)]
+            m.d.sync += [valid[0].eq(self.i.valid)]
             m.d.sync += [valid[i].eq(valid[i - 1]) for i in range(1, 5)]
-            m.d.sync += [shift[i].eq(shift[i - 1]) for i in range(1, 3)]
-            r6 = (t5 + 1) >> 1
             m.d.sync += [
-                s1.eq(self.i.payload.acc + par.bias), mult1.eq(par.mult),
-                lo2.eq(s1[:16] * mult1), hi2.eq(s1[16:].as_signed() * mult1),
-                p3.eq((hi2 << 16) + lo2),
-                t4.eq((p3 << 1) >> shift[2]),
-                sat_hi5.eq(t4 >= 2 * y_max + 1), sat_lo5.eq(t4 <= 2 * y_min - 2),
-                t5.eq(t4[:ob + 2]),
+                s1.eq(self.i.payload.acc + par.bias), mult1.eq(par.mult), shift1.eq(par.shift),
+                lo2.eq(s1[:16] * mult1), mid2.eq(s1[16:32]), top2.eq(s1[32:]),
+                mult2.eq(mult1), shift2.eq(shift1),
+                q3.eq(mid2 * mult2 + lo2[16:]), plo3.eq(lo2[:16]), shift3.eq(shift2),
+                pos3.eq(sum(Mux(top2[j], mult2 << j, 0) for j in range(top_w - 1))),
+                neg3.eq(Mux(top2[-1], mult2, 0)),
+                v4.eq(v), sign4.eq(sign), fits4.eq(fits), shift4.eq(shift3[:3]),
+                r5.eq(u[1:] + u[0]), sat5.eq(~fits5 | (ge ^ sign4)), sign5.eq(sign4),
                 self.o.valid.eq(valid[4]),
-                self.o.payload.eq(Mux(sat_hi5, y_max, Mux(sat_lo5, y_min, r6))),
+                self.o.payload.eq(Mux(sat5, Mux(sign5, y_min, y_max), r5)),
             ]
         m.d.comb += self.busy.eq(Cat(*valid).any())
         return m

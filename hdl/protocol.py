@@ -80,7 +80,9 @@ RSP_SYNC = 0x5A             #: first byte of every response
 REQ_HEADER_BYTES = 9        #: sync, op, space, addr (4), len (2)
 RSP_HEADER_BYTES = 5        #: sync, status, op, len (2)
 IDENT_MAGIC = b"AMAF"
-PROTOCOL_VERSION = 2         #: 2: attention (RUN_ATTENTION, Space.HEADS, IDENT att_*)
+#: 2: attention (RUN_ATTENTION, Space.HEADS, IDENT att_*); 3: IDENT lin_inputs (products per
+#: lane and cycle of a ``shift`` engine, which set its weight-word layout and word count)
+PROTOCOL_VERSION = 3
 
 #: The frame CRC, used by both sides: ``CRC16.compute(bytes)`` on the host,
 #: ``CRC16.create()`` (a :class:`amaranth.lib.crc.Processor`) in the gateware.
@@ -137,6 +139,9 @@ IDENT_FIELDS = (
     ("att_mode", "B"), ("att_lanes", "B"), ("att_masks", "B"), ("att_head_word_bytes", "B"),
     ("att_heads", "H"), ("att_head_dim", "H"), ("att_max_tokens", "I"),
     ("att_conv_taps", "B"),
+    # version 3: linear engine inputs per lane and cycle (``shift``: g = linear.shift_inputs;
+    # 1 for the other modes and without a linear engine)
+    ("lin_inputs", "B"),
 )
 #: ``STATUS`` payload: flags bit 0 = busy, bit 1 = the last job was aborted;
 #: ``last_error`` = the status of the last error response (0 if none since reset);

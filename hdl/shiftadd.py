@@ -365,7 +365,7 @@ class BcqEngine(wiring.Component):
 def make_shiftadd_engine(linear_cfg):
     """Create the ``shift`` or ``bcq`` engine a ``LinearConfig`` describes (read duck-typed:
     ``mode``, ``lanes``, ``max_k``, ``max_n``, ``max_m``, ``weight_depth``, ``act_bits``,
-    ``shift_levels``, ``bcq_bits``).
+    ``shift_levels``, ``shift_inputs``, ``bcq_bits``).
 
     Raises
     ------
@@ -376,7 +376,8 @@ def make_shiftadd_engine(linear_cfg):
     common = dict(max_k=c.max_k, max_n=c.max_n, max_m=c.max_m, weight_depth=c.weight_depth,
                   act_bits=c.act_bits)
     if c.mode == "shift":
-        return ShiftEngine(lanes=c.lanes, levels=c.shift_levels, **common)
+        return ShiftEngine(lanes=c.lanes, inputs=c.shift_inputs,
+                           levels=c.shift_levels, **common)
     if c.mode == "bcq":
         return BcqEngine(slots=c.lanes, planes=c.bcq_bits, **common)
     raise ValueError(f"mode must be one of 'shift', 'bcq', not {c.mode!r}")

@@ -147,6 +147,40 @@ def _port_info(engine, name):
     return sig.depth, width, en_width
 
 
+def _lane_spans(port):
+    """Per write enable of a ``MemWriteSignature`` port: (first byte, last byte) of its bits."""
+    width = len(port.data)
+    unit = width // len(port.en)
+    return [(j * unit // 8, ((j + 1) * unit - 1) // 8) for j in range(len(port.en))]
+
+
+def _lane_write_tail_bytes(port):
+    """Bytes before the current one that :func:`_lane_write` needs to write ``port``."""
+    return max(last - first for first, last in _lane_spans(port))
+
+
+def _lane_write(port, byte, tail, bc, we):
+    """Statements writing byte ``bc`` of a little-endian word to ``port`` (``MemWriteSignature``)
+    at ``port.addr`` in the cycle ``we`` is high, without a word register.
+
+    Every write unit (``width / len(en)`` bits, one enable) whose last bit is in this byte is
+    written now: its data bits are a fixed slice of this byte and the bytes before it in
+    ``tail`` (the last one in its top byte; at least :func:`_lane_write_tail_bytes` of them).
+    With units that divide a byte this is the byte replicated into every lane and the byte's
+    enables; a port with one enable is written whole at its last data byte. Bytes past the data
+    width write nothing. Combinational (no latency).
+    """
+    spans = _lane_spans(port)
+    unit = len(port.data) // len(spans)
+    data = []
+    for j, (first, last) in enumerate(spans):
+        window = Cat(tail[len(tail) - 8 * (last - first):], byte)    # bytes first .. last
+        lo = j * unit - 8 * first
+        data.append(window[lo:lo + unit])
+    sel = {last: we & (bc == last) for _, last in spans}
+    return [port.data.eq(Cat(*data)), port.en.eq(Cat(sel[last] for _, last in spans))]
+
+
 class AcceleratorCore(wiring.Component):
     """Command processor, memories, job control and engine, with byte-stream host ports.
 
@@ -182,7 +216,8 @@ class AcceleratorCore(wiring.Component):
 
     Timing: a ``WRITE`` of ``L`` bytes commits in ``L + 4`` cycles after its last byte; ``RUN``
     checks the descriptor in at most ``~105 + ceil(max_n / lanes)`` cycles (the checks are
-    pipelined for a 30 MHz iCE40 clock; a response starts 2 cycles after its decision), then
+    pipelined for a 30 MHz iCE40 clock; a response starts 2 cycles after its decision, and its
+    payload bytes are offered every 3 cycles at the fastest, far faster than the UART), then
     starts the feeder :data:`PREFILL_CYCLES` cycles before the engine; the job's cycle count
     (``STATUS``) runs from the engine's start edge to its done edge. ``RUN_ATTENTION`` is
     checked by the attention unit in at most ``~50 + max_tokens / lanes`` cycles; its cycle
@@ -234,6 +269,9 @@ class AcceleratorCore(wiring.Component):
             "max_k": lin.max_k, "max_n": lin.max_n, "max_m": lin.max_m,
             "weight_depth": self.w_depth, "act_depth": act_depth, "out_depth": out_depth,
             "max_payload": max_payload, "clk_hz": clk_hz, "baud": config.uart.baud,
+            # shift: g products per lane and cycle (weight-word layout and count); else 1
+            "lin_inputs": (getattr(lin, "shift_inputs", 1)
+                           if self.linear_on and lin.mode == "shift" else 1),
         })
         super().__init__({
             "rx": In(stream.Signature(8)),
@@ -263,8 +301,13 @@ class AcceleratorCore(wiring.Component):
         eng = self.engine
         lin = self.config.linear
         abort = Signal()
+        # The engines' and the feeder FIFO's reset: abort one cycle later, from a register
+        # (timing: a high fan-out net). Harmless: abort clears job_active at once, and no state
+        # of the top looks at the engines until it is set again.
+        unit_reset = Signal()
+        m.d.sync += unit_reset.eq(abort)
         if self.linear_on:
-            m.submodules.engine = ResetInserter(abort)(eng)
+            m.submodules.engine = ResetInserter(unit_reset)(eng)
 
         m.submodules.act = act = ByteMemory(self.act_depth, spram=self.spram)
         m.submodules.out = out = ByteMemory(self.out_depth, spram=self.spram)
@@ -280,24 +323,23 @@ class AcceleratorCore(wiring.Component):
 
         # ---------------------------------------------------------------- job control
         job_active = Signal()           # feeder/writer own the act/out memories
-        job_m = Signal.like(eng.m)
-        job_k = Signal.like(eng.k)
-        job_n = Signal.like(eng.n)
-        x_addr = Signal(range(self.act_depth))
+        # The feeder reads X from x_addr up to x_end (exclusive); the engine samples m, k, n
+        # (the checked descriptor, stable until the next request's payload) with its start.
+        x_addr = Signal(range(self.act_depth + 1))
+        x_end = Signal(range(self.act_depth + 1))
         y_addr = Signal(range(self.out_depth))
-        x_left = Signal(range(self.act_depth + 1))
         cycles = Signal(32)
         last_cycles = Signal(32)
         jobs = Signal(16)
         aborted = Signal()
         launch = Signal()
-        launch_mk = Signal(range(self.act_depth + 1))
         launch_x = Signal(range(self.act_depth))
         launch_y = Signal(range(self.out_depth))
         prefill = Signal(range(PREFILL_CYCLES + 1))
         m.d.comb += self.busy.eq(job_active)
 
-        m.submodules.xfifo = xfifo = ResetInserter(abort)(fifo.SyncFIFO(width=8, depth=2))
+        m.submodules.xfifo = xfifo = ResetInserter(unit_reset)(
+            fifo.SyncFIFO(width=8, depth=2))
         pending = Signal()
         consume = Signal()
         m.d.comb += [
@@ -309,22 +351,22 @@ class AcceleratorCore(wiring.Component):
             xfifo.w_en.eq(pending),
         ]
         issue = Signal()
-        m.d.comb += issue.eq(job_active & (x_left != 0)
+        att_job = Signal()              # the running job is the attention unit's
+        m.d.comb += issue.eq(job_active & ~att_job & (x_addr != x_end)
                              & (xfifo.level + pending < 2 + consume))
         m.d.sync += pending.eq(issue & ~abort)
         with m.If(issue):
-            m.d.sync += [x_addr.eq(x_addr + 1), x_left.eq(x_left - 1)]
+            m.d.sync += x_addr.eq(x_addr + 1)
 
         m.d.comb += eng.y.ready.eq(job_active)
         with m.If(eng.y.valid & eng.y.ready):
             m.d.sync += y_addr.eq(y_addr + 1)
 
-        m.d.comb += [eng.m.eq(job_m), eng.k.eq(job_k), eng.n.eq(job_n)]
         with m.If(job_active):
             m.d.sync += cycles.eq(cycles + 1)
         with m.If(launch):
             m.d.sync += [job_active.eq(1), x_addr.eq(launch_x), y_addr.eq(launch_y),
-                         x_left.eq(launch_mk), prefill.eq(PREFILL_CYCLES), aborted.eq(0)]
+                         prefill.eq(PREFILL_CYCLES), aborted.eq(0)]
         with m.Elif(prefill != 0):
             m.d.sync += prefill.eq(prefill - 1)
             with m.If(prefill == 1):
@@ -333,10 +375,9 @@ class AcceleratorCore(wiring.Component):
             m.d.sync += [job_active.eq(0), last_cycles.eq(cycles), jobs.eq(jobs + 1)]
         # Not under the Elif: launch (prefill is 0 then) must not gate start (timing).
         m.d.comb += eng.start.eq(prefill == 1)
-        att_job = Signal()              # the running job is the attention unit's
         if self.att is not None:
             att = self.att
-            m.submodules.att = ResetInserter(abort)(att)
+            m.submodules.att = ResetInserter(unit_reset)(att)
             m.d.comb += att.act_rdata.eq(act.rdata)
             with m.If(att.ack & att.accepted):      # its start edge: like eng.start above
                 m.d.sync += [job_active.eq(1), att_job.eq(1), cycles.eq(1), aborted.eq(0)]
@@ -344,8 +385,8 @@ class AcceleratorCore(wiring.Component):
                 m.d.sync += [job_active.eq(0), att_job.eq(0), last_cycles.eq(cycles),
                              jobs.eq(jobs + 1)]
         with m.If(abort):
-            m.d.sync += [job_active.eq(0), prefill.eq(0), x_left.eq(0),
-                         aborted.eq(job_active), att_job.eq(0)]
+            m.d.sync += [job_active.eq(0), prefill.eq(0), aborted.eq(job_active),
+                         att_job.eq(0)]
 
         # ---------------------------------------------------------------- memory port owners
         cmd_act_addr = Signal.like(act.addr)
@@ -366,19 +407,19 @@ class AcceleratorCore(wiring.Component):
                              out.we.eq(self.att.out_we)]
 
         # ---------------------------------------------------------------- frame receiver
-        hdr = Signal(64)                # op, space, addr, len, shifted in LSB first
+        # Request header fields, loaded byte by byte in HEADER (``addr``, narrowed, under
+        # "checks"); ``length`` keeps the bits of ``max_payload`` (a longer frame is discarded)
+        # and at least its low byte until the high one arrives.
         op = Signal(8)
         space = Signal(8)
-        addr = Signal(32)
-        length = Signal(16)
-        m.d.comb += Cat(op, space, addr, length).eq(hdr)
-        # The payload shifts in from the top: a descriptor shorter than ``args`` (RUN's, when
-        # RUN_ATTENTION's is longer) sits in its upper bytes.
+        length = Signal(range(max(self.max_payload + 1, 256)))
+        hdr_done = Signal()             # the header is complete (before, responses echo op 0)
+        # The payload shifts in from the top of ``args``: the last payload bytes are its upper
+        # bytes (READ's count; with an attention unit, its whole descriptor). RUN's descriptor
+        # is parsed as it arrives, into the narrow ``d_*`` registers below.
         run_bytes = P.fields_size(P.DESCRIPTOR_FIELDS)
         att_bytes = P.fields_size(P.ATT_DESCRIPTOR_FIELDS) if self.att is not None else 0
-        args = Signal(8 * max(run_bytes, att_bytes))
-        desc = {name: args[len(args) - 8 * run_bytes:].word_select(i, 32)
-                for i, (name, _) in enumerate(P.DESCRIPTOR_FIELDS)}
+        args = Signal(8 * max(2, att_bytes))
         if self.att is not None:
             pos = 0
             for name, fmt in P.ATT_DESCRIPTOR_FIELDS:
@@ -386,8 +427,9 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += getattr(self.att, name).eq(args[pos:pos + width])
                 pos += width
         read_count = args[-16:]
-        cnt = Signal(range(max(self.max_payload, P.REQ_HEADER_BYTES)))   # bytes received
-        length_m1 = Signal(16)          # length - 1, a register set with the header (timing)
+        # Bytes received (HEADER, PAYLOAD), or the staging byte read (COPY: up to length + 1).
+        cnt = Signal(range(max(self.max_payload + 2, P.REQ_HEADER_BYTES)))
+        length_m1 = Signal.like(cnt)    # length - 1, a register set with the header (timing)
         quiet = Signal(range(self.timeout_cycles + 1))
         quiet_hit = Signal()            # quiet == timeout_cycles, kept as a register (timing)
         quiet_reset = [quiet.eq(0), quiet_hit.eq(0)]
@@ -397,31 +439,40 @@ class AcceleratorCore(wiring.Component):
         with m.If(self.rx_error & (rx_errors != 0xFFFF)):
             m.d.sync += rx_errors.eq(rx_errors + 1)
 
-        rx_take = self.rx.valid & self.rx.ready
+        # rx.ready and tx.valid are registers (timing: not decoded from the state), equal to
+        # "in IDLE, HEADER, PAYLOAD, CRC0, CRC1 or DISCARD" and "in RSP_HEAD, RSP_MEM,
+        # RSP_CRC_HI or RSP_CRC_LO": set and cleared on the transitions in and out.
+        rx_on = Signal(init=1)
+        tx_on = Signal()
+        m.d.comb += [self.rx.ready.eq(rx_on), self.tx.valid.eq(tx_on)]
+        rx_take = self.rx.valid & rx_on
         rx_byte = self.rx.payload
         m.d.comb += [rx_crc.data.eq(rx_byte), rx_crc.valid.eq(rx_take)]
 
         # ---------------------------------------------------------------- response
         rsp_status = Signal(8)
         rsp_src = Signal(2)             # where the payload comes from, SRC_*
-        rsp_op = op                     # the request header is stable while answering
-        rsp_len = Signal(16)            # payload bytes, by source (set in RSP_START)
-        rsp_len_m1 = Signal(16)         # rsp_len - 1, a register (timing)
+        rsp_op = Mux(hdr_done, op, 0)   # the request header is stable while answering
+        # Payload bytes, by source (set in RSP_START); after the header, the bytes left.
+        rsp_len = Signal(16)
         SRC_NONE, SRC_IDENT, SRC_STATUS, SRC_MEM = range(4)
-        rsp_idx = Signal(16)
-        rsp_space = Signal(8)
-        rsp_ptr = Signal(range(max(self.act_depth, self.out_depth)))
+        # STATUS: a snapshot of every field but last_error, which no other state changes while
+        # STATUS answers; it is cleared once sent.
+        status_snap = Signal(8 * P.fields_size(P.STATUS_FIELDS) - 8)
+        status_bytes = Cat(status_snap[:8], last_error, status_snap[8:])
+        rsp_idx = Signal(range(max(len(self.ident), len(status_bytes) // 8,
+                                   P.RSP_HEADER_BYTES)))    # byte of the header / ident / status
+        rsp_act = Signal()              # READ from Space.ACT (else OUT)
         rsp_byte = Signal(8)
-        status_bytes = Signal(8 * P.fields_size(P.STATUS_FIELDS))
         ident = Const(int.from_bytes(self.ident, "little"), 8 * len(self.ident))
         head = Cat(C(P.RSP_SYNC, 8), rsp_status, rsp_op, rsp_len)
-        tx_take = self.tx.valid & self.tx.ready
+        tx_take = tx_on & self.tx.ready
         m.d.comb += [tx_crc.data.eq(self.tx.payload), tx_crc.valid.eq(tx_take)]
 
         def respond(status, src=SRC_NONE):
             # Only the status and the source here; RSP_START does the rest one cycle later,
             # which keeps the many callers' conditions off most registers' enables (timing).
-            m.d.sync += [rsp_status.eq(status), rsp_src.eq(src)]
+            m.d.sync += [rsp_status.eq(status), rsp_src.eq(src), rx_on.eq(0)]
             m.next = "RSP_START"
 
         # ---------------------------------------------------------------- checks
@@ -445,11 +496,12 @@ class AcceleratorCore(wiring.Component):
         # addr + span <= size without a 32-bit adder: the high address bits must be zero and
         # the low ones plus the span must not pass the end of the space.
         ab = max(size for _, size, _, _ in spaces.values()).bit_length()
+        addr = Signal(ab)               # the low bits of the header's addr
+        addr_high_zero = Signal()       # the others are zero (set in HEADER)
         # Two register stages (timing): the header and the payload are stable from the CRC
         # bytes on, at least three cycles before CHECK_OP reads wr_ok_q and rd_ok_q.
         end = Signal(max(ab, 16) + 1)
-        addr_high_zero = Signal()
-        m.d.sync += [end.eq(addr[:ab] + span), addr_high_zero.eq(addr[ab:] == 0)]
+        m.d.sync += end.eq(addr + span)
         with m.Switch(space):
             for sp, (wb, size, writable, readable) in spaces.items():
                 with m.Case(sp):
@@ -467,81 +519,135 @@ class AcceleratorCore(wiring.Component):
         m.d.sync += [is_op[o].eq(op == o) for o in P.Op]
         m.d.sync += [len_is[v].eq(length == v) for v in len_is]
 
-        # Copy (commit) state: staging bytes -> words -> target write port.
-        cp_idx = Signal(range(self.max_payload + 2))
+        # Copy (commit) state: staging bytes -> target write ports, one byte per cycle, each
+        # byte written into its lane of the word (see _lane_write); no word register.
+        cp_idx = cnt
         cp_valid = Signal()             # staging.rdata holds a byte this cycle
         cp_end = Signal()               # cp_idx > length, as a register (timing)
-        cp_bc = Signal(range(max(self.w_bytes, self.p_bytes, hp_bytes)))
+        cp_bc = Signal(range(max(self.w_bytes, self.p_bytes, hp_bytes)))  # its byte in the word
         cp_wb_m1 = Signal.like(cp_bc)
-        cp_addr = Signal(range(max(self.w_depth, self.p_depth, self.act_depth) + 1))  # word
-        cp_word = Signal(8 * max(self.w_bytes, self.p_bytes, hp_bytes))
-        cp_next = Signal.like(cp_word)
-        m.d.comb += [cp_next.eq(cp_word), cp_next.word_select(cp_bc, 8).eq(staging.rdata)]
-        cp_strobe = Signal()
-        m.d.comb += [
-            eng.w_wr.addr.eq(cp_addr), eng.w_wr.data.eq(cp_next[:self.w_width]),
-            eng.w_wr.en.eq(Mux(cp_strobe & (space == P.Space.WEIGHTS), -1, 0)),
-            eng.p_wr.addr.eq(cp_addr), eng.p_wr.data.eq(cp_next[:self.p_width]),
-            eng.p_wr.en.eq(Mux(cp_strobe & (space == P.Space.PARAMS), -1, 0)),
-            cmd_wdata.eq(staging.rdata),
-            cmd_act_we.eq(cp_strobe & (space == P.Space.ACT)),
-        ]
+        # Word address of COPY; READ's byte address (RSP_*).
+        cp_addr = Signal(range(max(self.w_depth, self.p_depth, self.act_depth,
+                                   self.out_depth) + 1))
+        rsp_ptr = cp_addr
+        cp_strobe = Signal()            # the word's last byte: next word
+        wr_ports = {P.Space.ACT: None}
+        if self.linear_on:
+            wr_ports[P.Space.WEIGHTS] = eng.w_wr
+            wr_ports[P.Space.PARAMS] = eng.p_wr
         if self.att is not None:
-            hp_wr = self.att.hp_wr
-            m.d.comb += [hp_wr.addr.eq(cp_addr), hp_wr.data.eq(cp_next[:len(hp_wr.data)]),
-                         hp_wr.en.eq(cp_strobe & (space == P.Space.HEADS))]
+            wr_ports[P.Space.HEADS] = self.att.hp_wr
             if self.att.conv_taps:
-                cw_wr = self.att.cw_wr
-                m.d.comb += [cw_wr.addr.eq(cp_addr), cw_wr.data.eq(cp_next[:8]),
-                             cw_wr.en.eq(cp_strobe & (space == P.Space.CONV))]
+                wr_ports[P.Space.CONV] = self.att.cw_wr
+        # The bytes before staging.rdata, the last one on top (whole-word ports need them).
+        cp_tail = Signal(8 * max([_lane_write_tail_bytes(wp) for wp in wr_ports.values()
+                                  if wp is not None], default=0))
+        with m.If(cp_valid):
+            m.d.sync += cp_tail.eq(Cat(cp_tail[8:], staging.rdata))
+        m.d.comb += [cmd_wdata.eq(staging.rdata),
+                     cmd_act_we.eq(cp_strobe & (space == P.Space.ACT))]
+        for sp, wp in wr_ports.items():
+            if wp is not None:
+                m.d.comb += [wp.addr.eq(cp_addr),
+                             *_lane_write(wp, staging.rdata, cp_tail, cp_bc,
+                                          cp_valid & (space == sp))]
 
         # Descriptor check (sequential shift-add products, no DSP).
-        # Descriptor fields, narrowed once their high bits are known to be zero.
+        # RUN's descriptor fields, each as wide as its limit, loaded byte by byte as the payload
+        # arrives (any frame's payload: only RUN's is used); a set bit above a field's width
+        # sets d_high, which fails the range check.
         d_m = Signal(range(lin.max_m + 1))
         d_k = Signal(range(lin.max_k + 1))
         d_n = Signal(range(lin.max_n + 1))
         d_x = Signal(range(self.act_depth))
         d_y = Signal(range(self.out_depth))
-        prod_w = max(len(d_k), len(d_n)) + len(d_m)
-        mul_a = Signal(prod_w)
-        mul_b = Signal.like(d_m)
-        mul_p = Signal(prod_w)
-        x_over = Signal()               # the product's end passes a memory's end (registered)
-        y_over = Signal()
-        m.d.sync += [x_over.eq(d_x + mul_p > self.act_depth),
-                     y_over.eq(d_y + mul_p > self.out_depth)]
-        q_max = getattr(lin, "bcq_bits", 1)
-        words = Signal(range(self.w_depth + max(lin.max_k, lin.max_n * q_max) + 1))
-        colg = Signal(range(max(lin.max_n, lin.max_k) + 8 * self.lanes + 1))
+        d_high = Signal()
+        d_regs = dict(zip((name for name, _ in P.DESCRIPTOR_FIELDS), (d_m, d_k, d_n, d_x, d_y)))
+        assert all(fmt == "I" for _, fmt in P.DESCRIPTOR_FIELDS)
 
-        def fits(value, lo, hi):
-            w = hi.bit_length()
-            return (value[w:] == 0) & (value[:w] >= lo) & (value[:w] <= hi)
+        # Per payload byte of the descriptor: the bits above its field's width (a flat table, so
+        # that d_high is one AND-OR of the byte, not a chain of per-byte conditions: timing).
+        high_masks = []
+        for name, _ in P.DESCRIPTOR_FIELDS:
+            for b in range(4):
+                keep = min(8, max(0, len(d_regs[name]) - 8 * b))
+                high_masks.append((0xFF << keep) & 0xFF)
+        idx_w = ceil_log2(len(high_masks))
+        high_mask = Signal(8)
+        m.d.comb += high_mask.eq(Mux(cnt[idx_w:] == 0,
+                                     Array(C(v, 8) for v in high_masks
+                                           + [0] * ((1 << idx_w) - len(high_masks)))[cnt[:idx_w]],
+                                     0))
+
+        def parse_descriptor_byte():
+            """Statements taking ``rx_byte``, payload byte ``cnt``, into the ``d_*`` fields."""
+            m.d.sync += d_high.eq(d_high | (rx_byte & high_mask).any())
+            with m.Switch(cnt):
+                for i, (name, _) in enumerate(P.DESCRIPTOR_FIELDS):
+                    reg = d_regs[name]
+                    for b in range(4):
+                        keep = min(8, max(0, len(reg) - 8 * b))     # bits of this byte kept
+                        if keep:
+                            with m.Case(4 * i + b):
+                                m.d.sync += reg[8 * b:8 * b + keep].eq(rx_byte[:keep])
+        m.d.comb += [eng.m.eq(d_m), eng.k.eq(d_k), eng.n.eq(d_n)]
+        # One shift-add datapath for the three checks: VAL_MK and VAL_MN multiply mul_a by
+        # mul_b into mul_p, which starts at the buffer's address and so ends at the buffer's
+        # end address; VAL_W accumulates the weight words in mul_p and the columns (or inputs)
+        # covered in mul_b.
+        prod_w = max(len(d_k), len(d_n)) + len(d_m)
+        q_max = getattr(lin, "bcq_bits", 1)
+        words_w = (self.w_depth + max(lin.max_k, lin.max_n * q_max)).bit_length()
+        colg_w = (max(lin.max_n, lin.max_k) + 8 * self.lanes).bit_length()
+        mul_a = Signal(max(prod_w, len(d_k), len(d_n) + 3))
+        mul_b = Signal(max(len(d_m), colg_w) + 1)
+        mul_p = Signal(max(prod_w + 1, len(d_x) + 1, len(d_y) + 1, words_w + 1))
+        x_over = Signal()               # the buffer's end passes its memory's end (registered)
+        y_over = Signal()
+        m.d.sync += [x_over.eq(mul_p > self.act_depth), y_over.eq(mul_p > self.out_depth)]
+        # VAL_W counts with offsets, so that both tests are sign bits (timing): mul_p holds
+        # words - (w_depth + 1) (w_over: it is >= 0), mul_b holds limit - 1 - covered (w_more:
+        # it is >= 0), limit being the columns (bcq: inputs) to cover.
+        w_over = Signal()
+        w_more = Signal()
 
         # Registered (timing), like wr_ok_q: the descriptor is stable long before VAL_RANGE.
         range_ok = Signal()
         m.d.sync += range_ok.eq(
-            fits(desc["m"], 1, lin.max_m) & fits(desc["k"], 1, lin.max_k)
-            & fits(desc["n"], 1, lin.max_n) & fits(desc["x_addr"], 0, self.act_depth - 1)
-            & fits(desc["y_addr"], 0, self.out_depth - 1))
+            ~d_high & (d_m >= 1) & (d_m <= lin.max_m) & (d_k >= 1) & (d_k <= lin.max_k)
+            & (d_n >= 1) & (d_n <= lin.max_n) & (d_x <= self.act_depth - 1)
+            & (d_y <= self.out_depth - 1))
 
         with m.FSM(name="cmd"):
             with m.State("IDLE"):
-                m.d.comb += self.rx.ready.eq(1)
                 m.d.sync += [cnt.eq(0), *quiet_reset]
                 with m.If(self.rx.valid & (rx_byte == P.REQ_SYNC)):
                     m.d.comb += rx_crc.start.eq(1)
-                    m.d.sync += hdr.eq(0)
+                    m.d.sync += [hdr_done.eq(0), addr_high_zero.eq(1), d_high.eq(0)]
                     m.next = "HEADER"
 
             with m.State("HEADER"):
-                m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_take):
-                    new_hdr = Cat(hdr[8:], rx_byte)
-                    new_len = new_hdr[48:64]
-                    m.d.sync += [hdr.eq(new_hdr), cnt.eq(cnt + 1), *quiet_reset]
+                    m.d.sync += [cnt.eq(cnt + 1), *quiet_reset]
+                    with m.Switch(cnt):             # op, space, addr (4), len (2)
+                        with m.Case(0):
+                            m.d.sync += op.eq(rx_byte)
+                        with m.Case(1):
+                            m.d.sync += space.eq(rx_byte)
+                        for b in range(4):
+                            keep = min(8, max(0, ab - 8 * b))     # bits of this byte kept
+                            with m.Case(2 + b):
+                                if keep:
+                                    m.d.sync += addr[8 * b:8 * b + keep].eq(rx_byte[:keep])
+                                if keep < 8:
+                                    with m.If(rx_byte[keep:] != 0):
+                                        m.d.sync += addr_high_zero.eq(0)
+                        with m.Case(6):
+                            m.d.sync += length.eq(rx_byte)
+                    new_len = Cat(length[:8], rx_byte)
                     with m.If(cnt == P.REQ_HEADER_BYTES - 2):
-                        m.d.sync += [cnt.eq(0), length_m1.eq(new_len - 1)]
+                        m.d.sync += [cnt.eq(0), length.eq(new_len), length_m1.eq(new_len - 1),
+                                     hdr_done.eq(1)]
                         with m.If(new_len > self.max_payload):
                             m.next = "DISCARD"
                         with m.Elif(new_len == 0):
@@ -554,10 +660,12 @@ class AcceleratorCore(wiring.Component):
                     m.d.sync += quiet_tick
 
             with m.State("PAYLOAD"):
-                m.d.comb += [self.rx.ready.eq(1), staging.addr.eq(cnt),
+                m.d.comb += [staging.addr.eq(cnt),
                              staging.wdata.eq(rx_byte), staging.we.eq(rx_take)]
                 with m.If(rx_take):
                     m.d.sync += [args.eq(Cat(args[8:], rx_byte)), cnt.eq(cnt + 1), *quiet_reset]
+                    if self.linear_on:
+                        parse_descriptor_byte()
                     with m.If(cnt == length_m1):
                         m.next = "CRC0"
                 with m.Elif(quiet_hit):
@@ -567,9 +675,10 @@ class AcceleratorCore(wiring.Component):
 
             for state, nxt in (("CRC0", "CRC1"), ("CRC1", "CHECK")):
                 with m.State(state):
-                    m.d.comb += self.rx.ready.eq(1)
                     with m.If(rx_take):
                         m.d.sync += quiet_reset
+                        if nxt == "CHECK":
+                            m.d.sync += rx_on.eq(0)
                         m.next = nxt
                     with m.Elif(quiet_hit):
                         respond(P.Status.TRUNCATED)
@@ -577,7 +686,6 @@ class AcceleratorCore(wiring.Component):
                         m.d.sync += quiet_tick
 
             with m.State("DISCARD"):
-                m.d.comb += self.rx.ready.eq(1)
                 with m.If(rx_take):
                     m.d.sync += quiet_reset
                 with m.Elif(quiet_hit):
@@ -597,10 +705,8 @@ class AcceleratorCore(wiring.Component):
                     with m.If(~len_is[0]):
                         respond(P.Status.LENGTH)
                     with m.Else():
-                        m.d.sync += [
-                            status_bytes.eq(Cat(job_active, aborted, C(0, 6), last_error,
-                                                last_cycles, jobs, rx_errors)),
-                            last_error.eq(0)]
+                        m.d.sync += status_snap.eq(Cat(job_active, aborted, C(0, 6),
+                                                       last_cycles, jobs, rx_errors))
                         respond(P.Status.OK, SRC_STATUS)
                 with m.Elif(is_op[P.Op.ABORT]):
                     with m.If(~len_is[0]):
@@ -633,7 +739,7 @@ class AcceleratorCore(wiring.Component):
                     with m.Elif(~rd_ok_q):
                         respond(P.Status.ADDRESS)
                     with m.Else():
-                        m.d.sync += [rsp_space.eq(space), rsp_ptr.eq(addr)]
+                        m.d.sync += [rsp_act.eq(space == P.Space.ACT), rsp_ptr.eq(addr)]
                         respond(P.Status.OK, SRC_MEM)
                 with m.Elif(is_op[P.Op.RUN] if self.linear_on else C(0, 1)):
                     with m.If(~len_is[run_bytes]):
@@ -660,12 +766,11 @@ class AcceleratorCore(wiring.Component):
                         respond(Mux(self.att.accepted, P.Status.OK, P.Status.DESCRIPTOR))
 
             with m.State("COPY"):
-                # cycle i: read staging[i]; cycle i+1: merge the byte, write a full word.
+                # cycle i: read staging[i]; cycle i+1: write the byte into its word's lane.
                 m.d.comb += [staging.addr.eq(cp_idx), cmd_act_addr.eq(cp_addr)]
                 m.d.sync += [cp_valid.eq(cp_idx < length), cp_idx.eq(cp_idx + 1),
                              cp_end.eq(cp_idx >= length)]
                 with m.If(cp_valid):
-                    m.d.sync += cp_word.eq(cp_next)
                     with m.If(cp_bc == cp_wb_m1):
                         m.d.comb += cp_strobe.eq(1)
                         m.d.sync += [cp_bc.eq(0), cp_addr.eq(cp_addr + 1)]
@@ -678,118 +783,144 @@ class AcceleratorCore(wiring.Component):
                 with m.If(~range_ok):
                     respond(P.Status.DESCRIPTOR)
                 with m.Else():
-                    m.d.sync += [d_m.eq(desc["m"]), d_k.eq(desc["k"]), d_n.eq(desc["n"]),
-                                 d_x.eq(desc["x_addr"]), d_y.eq(desc["y_addr"]),
-                                 mul_a.eq(desc["k"]), mul_b.eq(desc["m"]), mul_p.eq(0)]
+                    m.d.sync += [mul_a.eq(d_k), mul_b.eq(d_m), mul_p.eq(d_x)]
                     m.next = "VAL_MK"
 
+            # The shift-add steps need no condition (timing: the enables are the state alone):
+            # once mul_b is 0 they leave mul_p as it is.
             with m.State("VAL_MK"):
-                with m.If(mul_b != 0):
-                    m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
-                                 mul_p.eq(Mux(mul_b[0], mul_p + mul_a, mul_p))]
-                with m.Else():
+                m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
+                             mul_p.eq(Mux(mul_b[0], mul_p + mul_a, mul_p))]
+                with m.If(mul_b == 0):
                     m.next = "VAL_MK_END"
 
             with m.State("VAL_MK_END"):
                 with m.If(x_over):
                     respond(P.Status.DESCRIPTOR)
                 with m.Else():
-                    m.d.sync += [launch_mk.eq(mul_p), mul_a.eq(d_n), mul_b.eq(d_m), mul_p.eq(0)]
+                    m.d.sync += [x_end.eq(mul_p), mul_a.eq(d_n), mul_b.eq(d_m), mul_p.eq(d_y)]
                     m.next = "VAL_MN"
 
             with m.State("VAL_MN"):
-                with m.If(mul_b != 0):
-                    m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
-                                 mul_p.eq(Mux(mul_b[0], mul_p + mul_a, mul_p))]
-                with m.Else():
+                m.d.sync += [mul_a.eq(mul_a << 1), mul_b.eq(mul_b >> 1),
+                             mul_p.eq(Mux(mul_b[0], mul_p + mul_a, mul_p))]
+                with m.If(mul_b == 0):
                     m.next = "VAL_MN_END"
 
+            def start_val_w(w_add):
+                w_limit = d_k if lin.mode == "bcq" else d_n
+                m.d.sync += [mul_p.eq(-(self.w_depth + 1)), mul_b.eq(w_limit - 1),
+                             mul_a.eq(w_add), w_over.eq(0), w_more.eq(1)]  # d_n, d_k >= 1
+                m.next = "VAL_W"
+
+            # shift with g inputs per lane: a column group takes ceil(K/g) words (a shift for a
+            # power of two g, else counted in VAL_KC, one chunk per cycle)
+            g = getattr(lin, "shift_inputs", 1) if lin.mode == "shift" else 1
+            count_chunks = g > 1 and g & (g - 1) != 0
+            if count_chunks:
+                kc = Signal(range(lin.max_k + 1))       # ceil(K/g) when VAL_KC ends
+                kr = Signal(range(lin.max_k + g + 1))   # g·kc
             with m.State("VAL_MN_END"):
                 with m.If(y_over):
                     respond(P.Status.DESCRIPTOR)
                 with m.Else():
-                    m.d.sync += [words.eq(0), colg.eq(0)]
-                    m.next = "VAL_W"
+                    if count_chunks:
+                        m.d.sync += [kc.eq(0), kr.eq(0)]
+                        m.next = "VAL_KC"
+                    elif lin.mode == "bcq":
+                        q = lin.bcq_bits
+                        start_val_w(sum(d_n << i for i in range(q.bit_length()) if q >> i & 1))
+                    elif g > 1:
+                        start_val_w((d_k + (g - 1)) >> (g.bit_length() - 1))
+                    else:
+                        start_val_w(d_k)
+
+            if count_chunks:
+                with m.State("VAL_KC"):
+                    with m.If(kr < d_k):
+                        m.d.sync += [kr.eq(kr + g), kc.eq(kc + 1)]
+                    with m.Else():
+                        start_val_w(kc)
 
             with m.State("VAL_W"):
-                # words = K · ceil(N / lanes), accumulated one column group per cycle; bcq:
-                # ceil(K / (8·lanes)) · N · q, one chunk of 8·lanes inputs per cycle.
-                if lin.mode == "bcq":
-                    q = lin.bcq_bits
-                    w_limit, w_step = d_k, 8 * self.lanes
-                    w_add = sum(d_n << i for i in range(q.bit_length()) if q >> i & 1)
-                else:
-                    w_limit, w_step, w_add = d_n, self.lanes, d_k
-                with m.If(words > self.w_depth):
+                # words = K · ceil(N / lanes) (shift: ceil(K/g) · ceil(N / lanes)), accumulated
+                # one column group per cycle; bcq: ceil(K / (8·lanes)) · N · q, one chunk of
+                # 8·lanes inputs per cycle.
+                w_step = 8 * self.lanes if lin.mode == "bcq" else self.lanes
+                # Accumulates unconditionally (timing); the values are unused once it leaves.
+                words = (mul_p + mul_a)[:len(mul_p)]
+                left = (mul_b - w_step)[:len(mul_b)]
+                m.d.sync += [mul_p.eq(words), mul_b.eq(left),
+                             w_over.eq(~words[-1]), w_more.eq(~left[-1])]
+                with m.If(w_over):
                     respond(P.Status.DESCRIPTOR)
-                with m.Elif(colg < w_limit):
-                    m.d.sync += [words.eq(words + w_add), colg.eq(colg + w_step)]
-                with m.Else():
-                    m.d.comb += launch.eq(1)
-                    m.d.sync += [job_m.eq(d_m), job_k.eq(d_k), job_n.eq(d_n)]
-                    m.d.comb += [launch_x.eq(d_x), launch_y.eq(d_y)]
+                with m.Elif(~w_more):
+                    m.d.comb += [launch.eq(1), launch_x.eq(d_x), launch_y.eq(d_y)]
                     respond(P.Status.OK)
 
             with m.State("RSP_START"):
                 src_len = Array([0, len(self.ident), len(status_bytes) // 8,
                                  read_count])[rsp_src]
-                m.d.sync += [rsp_len.eq(src_len), rsp_len_m1.eq(src_len - 1), rsp_idx.eq(0)]
+                m.d.sync += [rsp_len.eq(src_len), rsp_idx.eq(0)]
                 with m.If(rsp_status != P.Status.OK):
                     m.d.sync += last_error.eq(rsp_status)
                 m.d.comb += tx_crc.start.eq(1)
+                m.d.sync += tx_on.eq(1)
                 m.next = "RSP_HEAD"
 
             with m.State("RSP_HEAD"):
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(head.word_select(rsp_idx[:3], 8))]
+                m.d.comb += self.tx.payload.eq(head.word_select(rsp_idx[:3], 8))
                 with m.If(tx_take):
                     m.d.sync += rsp_idx.eq(rsp_idx + 1)
                     with m.If(rsp_idx == P.RSP_HEADER_BYTES - 1):
                         m.d.sync += rsp_idx.eq(0)
                         with m.If(rsp_len == 0):
                             m.next = "RSP_CRC_HI"
-                        with m.Elif(rsp_src == SRC_MEM):
-                            m.next = "RSP_FETCH"
                         with m.Else():
-                            m.next = "RSP_BODY"
+                            m.d.sync += tx_on.eq(0)
+                            m.next = "RSP_FETCH"
 
-            with m.State("RSP_BODY"):
-                ident_byte = ident.word_select(rsp_idx[:ceil_log2(len(self.ident))], 8)
-                status_byte = status_bytes.word_select(rsp_idx[:4], 8)
-                body = Mux(rsp_src == SRC_IDENT, ident_byte, status_byte)
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(body)]
-                with m.If(tx_take):
-                    m.d.sync += rsp_idx.eq(rsp_idx + 1)
-                    with m.If(rsp_idx == rsp_len_m1):
-                        m.next = "RSP_CRC_HI"
-
+            # Payload bytes, every source alike: address the memory, latch the byte (from the
+            # memory, the ident ROM or the status snapshot), send it from the register (so
+            # that no ROM or multiplexer lies between the response state and the TX CRC).
             with m.State("RSP_FETCH"):
                 m.d.comb += [cmd_act_addr.eq(rsp_ptr), cmd_out_addr.eq(rsp_ptr)]
                 m.next = "RSP_LATCH"
 
             with m.State("RSP_LATCH"):
-                m.d.sync += rsp_byte.eq(Mux(rsp_space == P.Space.ACT, act.rdata, out.rdata))
+                ident_byte = ident.word_select(rsp_idx[:ceil_log2(len(self.ident))], 8)
+                status_byte = status_bytes.word_select(rsp_idx[:4], 8)
+                mem_byte = Mux(rsp_act, act.rdata, out.rdata)
+                m.d.sync += [
+                    rsp_byte.eq(Mux(rsp_src == SRC_MEM, mem_byte,
+                                    Mux(rsp_src == SRC_IDENT, ident_byte, status_byte))),
+                    tx_on.eq(1)]
                 m.next = "RSP_MEM"
 
             with m.State("RSP_MEM"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(rsp_byte)]
+                m.d.comb += self.tx.payload.eq(rsp_byte)
                 with m.If(tx_take):
-                    m.d.sync += [rsp_idx.eq(rsp_idx + 1), rsp_ptr.eq(rsp_ptr + 1)]
-                    with m.If(rsp_idx == rsp_len_m1):
+                    m.d.sync += [rsp_len.eq(rsp_len - 1), rsp_ptr.eq(rsp_ptr + 1),
+                                 rsp_idx.eq(rsp_idx + 1)]
+                    with m.If((rsp_src == SRC_STATUS) & (rsp_idx == 1)):    # last_error sent
+                        m.d.sync += last_error.eq(0)
+                    with m.If(rsp_len == 1):
                         m.next = "RSP_CRC_HI"
                     with m.Else():
+                        m.d.sync += tx_on.eq(0)
                         m.next = "RSP_FETCH"
 
             with m.State("RSP_CRC_HI"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tx_crc.crc[8:16]),
+                m.d.comb += [self.tx.payload.eq(tx_crc.crc[8:16]),
                              tx_crc.valid.eq(0)]
                 with m.If(tx_take):
                     m.next = "RSP_CRC_LO"
 
             with m.State("RSP_CRC_LO"):
-                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(tx_crc.crc[0:8]),
+                m.d.comb += [self.tx.payload.eq(tx_crc.crc[0:8]),
                              tx_crc.valid.eq(0)]
                 with m.If(tx_take):
+                    m.d.sync += [tx_on.eq(0), rx_on.eq(1)]
                     m.next = "IDLE"
         return m
 

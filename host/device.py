@@ -65,6 +65,7 @@ class DeviceInfo:
     att_head_dim: int = 0
     att_max_tokens: int = 0
     att_conv_taps: int = 0
+    lin_inputs: int = 1
 
     @property
     def attention(self):
@@ -78,7 +79,8 @@ class DeviceInfo:
         if self.mode == P.MODE_CODES["bcq"]:     # words: ceil(K / (8·lanes)) · N · q
             return min(self.max_n, self.weight_depth // (-(-k // (8 * self.lanes))
                                                          * self.weight_bits))
-        return min(self.max_n, (self.weight_depth // k) * self.lanes)
+        # words: ceil(K / g) · ceil(N / lanes), g = lin_inputs (1 but for wide shift engines)
+        return min(self.max_n, (self.weight_depth // -(-k // self.lin_inputs)) * self.lanes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,7 +219,8 @@ class Device:
         want = {"mode": P.MODE_CODES.get(lin.mode), "lanes": lin.lanes,
                 "act_bits": lin.act_bits, "weight_bits": lin.weight_code_bits,
                 "max_k": lin.max_k,
-                "max_n": lin.max_n, "max_m": lin.max_m, "weight_depth": lin.weight_depth}
+                "max_n": lin.max_n, "max_m": lin.max_m, "weight_depth": lin.weight_depth,
+                "lin_inputs": getattr(lin, "shift_inputs", 1) if lin.mode == "shift" else 1}
         if not getattr(lin, "enabled", True):
             want = {"mode": P.MODE_NONE}
         att = getattr(config, "attention", None)
@@ -276,7 +279,8 @@ class Device:
             w = _as_int_array(w, "w", 2)
         wb, pb = self.info.weight_word_bytes, self.info.param_word_bytes
         # mul: int K×N; shift: K×N in {0, ±2^s}; bcq: a gen.layout.BcqMatrix
-        words = pack_engine_weights(self.info.mode, w, self.info.lanes, self.info.weight_bits)
+        words = pack_engine_weights(self.info.mode, w, self.info.lanes, self.info.weight_bits,
+                                    inputs=self.info.lin_inputs)
         self.write_memory(P.Space.WEIGHTS, w_addr * wb,
                           b"".join(v.to_bytes(wb, "little") for v in words))
         params = pack_requant_params(bias, mult, shift)
@@ -313,7 +317,8 @@ class Device:
             m=m, k=k, n=n, x_addr=x_addr, y_addr=y_addr)))
         if not wait:
             return None
-        est = m * k * -(-n // self.info.lanes)     # issue cycles, a lower bound
+        # issue cycles, a lower bound
+        est = m * -(-k // self.info.lin_inputs) * -(-n // self.info.lanes)
         return self.wait(est)
 
     def wait(self, expected_cycles=0, *, timeout=None):

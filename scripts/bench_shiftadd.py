@@ -8,8 +8,8 @@ Hardware
     :func:`amaformer.boards.build.build`) at growing lane counts and keeps the largest that
     places and routes (iCE40: at a 30 MHz PLL clock). Reports LUT, FF, DSP, block RAM, fmax and
     per-lane increments, and ``macs_per_cycle[board][mode]``: MAC-equivalents per cycle at that
-    size (``lanes`` for mul/shift, ``8·slots/q`` for bcq while querying), plus the *effective*
-    rate on a MiniLM 384×384 layer from the cycle models (table builds and N-splits included).
+    size (``lanes`` for mul, ``lanes·shift_inputs`` for shift, ``8·slots/q`` for bcq while
+    querying), plus the *effective* rate on a MiniLM 384×384 layer from the cycle models (table builds and N-splits included).
     ``--hw synth`` uses Yosys cell counts only (no place and route, no fmax); ``--hw none``
     skips this part. Builds tell Yosys that same-cycle read/write collisions in the audited
     block RAMs are don't-care (:data:`amaformer.boards.build.NO_COLLISION_SCRIPT`);
@@ -49,10 +49,15 @@ BOARDS = ("icebreaker", "ulx3s-85f")
 #: bcq inputs per α in the accuracy part: one table chunk of the 16-slot iCE40 engine (8·16).
 BCQ_GROUP = 128
 
+#: ``shift`` per board: products per lane per cycle (``linear.shift_inputs``) and weight
+#: magnitudes (``linear.shift_levels``). On the UP5K the lane count is what logic allows
+#: (4 levels: a two-stage shifter); the ECP5 keeps one product per lane and 7 levels.
+SHIFT_SHAPE = {"icebreaker": (16, 4), "ulx3s-85f": (1, 7)}
+
 #: Lane counts tried, ascending, per (board family, mode kind). bcq counts are table slots.
 CANDIDATES = {
     ("icebreaker", "mul"): (4, 8),
-    ("icebreaker", "shift"): (16, 22, 24),   # 22 lanes: 5,226 / 5,280 LC with the top
+    ("icebreaker", "shift"): (2, 4),         # × 16 inputs: 32 and 64 MAC-eq per cycle
     ("icebreaker", "bcq"): (8, 16),          # 16 slots: 30/30 EBR, α and staging in SPRAM
     ("ulx3s-85f", "mul"): (32, 64),
     ("ulx3s-85f", "shift"): (32, 64),       # linear.lanes is at most 64
@@ -135,13 +140,14 @@ def act_int8(x):
 
 
 def quantized_weight(w_kn, enc, bits=None, group=None, h=None):
-    """Dequantized ``K×N`` weights in encoding ``enc`` (mul = int8 per column); ``group``: bcq
-    inputs per α; ``h``: calibration Hessian for error compensation (shift, bcq)."""
+    """Dequantized ``K×N`` weights in encoding ``enc`` (mul = int8 per column); ``bits``: bcq
+    planes or shift levels; ``group``: bcq inputs per α; ``h``: calibration Hessian for error
+    compensation (shift, bcq)."""
     if enc == "mul":
         s = w_kn.abs().amax(0).clamp(min=1e-12) / 127
         return torch.clamp(torch.round(w_kn / s), -127, 127) * s
     if enc == "shift":
-        return quantize_shift(w_kn, hessian=h).dequantize()
+        return quantize_shift(w_kn, levels=bits, hessian=h).dequantize()
     return quantize_bcq(w_kn, bits, group=group, hessian=h).dequantize()
 
 
@@ -187,7 +193,8 @@ def accuracy(n_sentences=40, log=print, group=BCQ_GROUP, calibrate=True):
         cal = tok(list(CALIBRATION), padding=True, truncation=True, return_tensors="pt")
         hessians = {name: hessian(x) for name, (x, _) in layer_inputs(model, layers, cal).items()}
 
-    encodings = [("mul", "mul", None), ("shift", "shift", None),
+    # shift: 4 magnitudes (the iCE40 64-MAC-eq engine) and 7 (the widest code)
+    encodings = [("mul", "mul", None), ("shift", "shift", 4), ("shift7", "shift", 7),
                  ("bcq2", "bcq", 2), ("bcq3", "bcq", 3), ("bcq4", "bcq", 4)]
     qweights, errors, sizes = {}, {}, {}
     for key, enc, bits in encodings:
@@ -254,9 +261,12 @@ def linear_config(board, mode, lanes):
         return LinearConfig(mode="bcq", lanes=lanes, bcq_bits=int(mode[3:]), max_k=512,
                             max_n=256 if small else 512, weight_depth=256 if small else 2048)
     if kind == "shift":
-        depth = 256 if small and lanes > 32 else 512
-        return LinearConfig(mode="shift", lanes=lanes, max_k=depth, max_n=512,
-                            weight_depth=depth if small else 2048)
+        inputs, levels = SHIFT_SHAPE[board]
+        if small:       # 16 EBRs of weights at 256 words, max_n 256: parameters in 4 EBRs
+            return LinearConfig(mode="shift", lanes=lanes, shift_inputs=inputs,
+                                shift_levels=levels, max_k=512, max_n=256, weight_depth=256)
+        return LinearConfig(mode="shift", lanes=lanes, shift_inputs=inputs,
+                            shift_levels=levels, max_k=512, max_n=512, weight_depth=2048)
     return LinearConfig(mode="mul", lanes=lanes, max_k=512, max_n=512,
                         weight_depth=512 if small else 2048)
 
@@ -265,6 +275,8 @@ def peak_macs(cfg):
     """MAC-equivalents per cycle at full rate."""
     if cfg.mode == "bcq":
         return 8 * cfg.lanes / cfg.bcq_bits
+    if cfg.mode == "shift":
+        return cfg.lanes * cfg.shift_inputs
     return cfg.lanes
 
 
@@ -281,7 +293,7 @@ def effective_macs(cfg, m=128, k=384, n=384):
         if cfg.mode == "bcq":
             cycles += bcq_cycles(m, k, nn, cfg.lanes, cfg.bcq_bits)
         elif cfg.mode == "shift":
-            cycles += shift_cycles(m, k, nn, cfg.lanes)
+            cycles += shift_cycles(m, k, nn, cfg.lanes, cfg.shift_inputs)
         else:
             cycles += linear_cycles(m, k, nn, cfg.lanes)
     return m * k * n / cycles
@@ -289,7 +301,7 @@ def effective_macs(cfg, m=128, k=384, n=384):
 
 def _reused(out_dir, acc):
     """The saved result of an earlier identical build in ``out_dir`` (``--reuse``), or None."""
-    keys = ("mode", "lanes", "bcq_bits", "max_k", "max_n", "weight_depth")
+    keys = ("mode", "lanes", "shift_inputs", "bcq_bits", "max_k", "max_n", "weight_depth")
     for name in ("report.json", "failed.json"):
         path = Path(out_dir) / name
         if path.is_file():
@@ -410,8 +422,8 @@ def demo_rows(lanes=None, m=4, k=384, n=384, results=None):
     Parameters
     ----------
     lanes : dict or None
-        ``{"mul": 8, "shift": 8, "bcq": 16}`` (lanes, or slots for bcq; the largest that fit
-        the iCEBreaker with the top); defaults shown.
+        ``{"mul": 8, "shift": 4, "bcq": 16}`` (lanes, or slots for bcq; the largest that fit
+        the iCEBreaker with the top; shift lanes take 16 products per cycle); defaults shown.
     m, k, n : int
         Layer shape of the cycle estimate.
 
@@ -421,15 +433,19 @@ def demo_rows(lanes=None, m=4, k=384, n=384, results=None):
         ``mode``, ``lanes``, ``weight_bits``, ``peak_macs_per_cycle``, ``cycles``,
         ``macs_per_cycle`` and, with ``results``, ``cosine_min``.
     """
-    lanes = {"mul": 8, "shift": 8, "bcq": 16} | (lanes or {})
+    lanes = {"mul": 8, "shift": 4, "bcq": 16} | (lanes or {})
     rows = []
     for mode, cfg, wbits in (
             ("mul", LinearConfig(mode="mul", lanes=lanes["mul"]), 8),
-            ("shift", LinearConfig(mode="shift", lanes=lanes["shift"]), 4),
+            ("shift", LinearConfig(mode="shift", lanes=lanes["shift"],
+                                   shift_inputs=SHIFT_SHAPE["icebreaker"][0],
+                                   shift_levels=SHIFT_SHAPE["icebreaker"][1],
+                                   weight_depth=4096), 4),
             ("bcq2", LinearConfig(mode="bcq", lanes=lanes["bcq"], bcq_bits=2,
                                   weight_depth=4096), 2)):
         cycles = (bcq_cycles(m, k, n, cfg.lanes, cfg.bcq_bits) if cfg.mode == "bcq" else
-                  linear_cycles(m, k, n, cfg.lanes))
+                  shift_cycles(m, k, n, cfg.lanes, cfg.shift_inputs) if cfg.mode == "shift"
+                  else linear_cycles(m, k, n, cfg.lanes))
         row = {"mode": mode, "lanes": cfg.lanes, "weight_bits": wbits,
                "peak_macs_per_cycle": peak_macs(cfg), "cycles": cycles,
                "macs_per_cycle": round(m * k * n / cycles, 2)}

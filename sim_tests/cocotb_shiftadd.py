@@ -69,19 +69,23 @@ class Job:
 
     def words(self):
         if CFG.mode == "shift":
-            return pack_shift_weights(self.w, CFG.lanes)
+            return pack_shift_weights(self.w, CFG.lanes, CFG.shift_inputs)
         return pack_bcq_weights(*self.w, self.group, CFG.lanes)
 
     def cycles(self):
         m, k, n = self.shape
         if CFG.mode == "shift":
-            return shift_cycles(m, k, n, CFG.lanes)
+            return shift_cycles(m, k, n, CFG.lanes, CFG.shift_inputs)
         return bcq_cycles(m, k, n, CFG.lanes, CFG.bcq_bits)
 
 
 def shapes():
-    """Edges: K = 1, K not a multiple of the lane/chunk size, N = 1, N < lanes, M = 1."""
-    c = 8 * CFG.lanes if CFG.mode == "bcq" else CFG.lanes
+    """Edges: K = 1, K not a multiple of the lane/chunk size (shift with g > 1: of g, and
+    K < g), N = 1, N < lanes, M = 1."""
+    if CFG.mode == "bcq":
+        c = 8 * CFG.lanes
+    else:
+        c = CFG.shift_inputs if CFG.shift_inputs > 1 else CFG.lanes
     want = [(2, 1, 3), (1, 2 * c + 3, 2 * CFG.lanes + 1), (3, c, 1), (2, c - 1, 5)]
     if QUICK:
         want = want[:2]

@@ -68,6 +68,23 @@ async def stream_collect(ctx, stream, count, *, stall=0.0, rng=None, out=None):
     return got[start:]
 
 
+def requantize_stream(dut, cases, *, idle=0.0, stall=0.0):
+    """Outputs of a requantizer ``dut`` for ``cases`` = ``(acc, bias, mult, shift)`` tuples,
+    streamed in with input gaps (``idle``) and output back-pressure (``stall``)."""
+    got = []
+
+    async def producer(ctx):
+        payloads = [{"acc": a, "params": {"bias": b, "mult": m, "shift": s}}
+                    for a, b, m, s in cases]
+        await stream_send(ctx, dut.i, payloads, idle=idle, rng=random.Random(1))
+
+    async def consumer(ctx):
+        await stream_collect(ctx, dut.o, len(cases), stall=stall, rng=random.Random(2), out=got)
+
+    simulate(dut, producer, consumer)
+    return got
+
+
 async def write_words(ctx, port, words, en=None):
     """Write ``words`` to consecutive addresses from 0 through a :class:`MemWriteSignature`
     port, one per cycle, with enables ``en`` (default: all ones); enables are low afterwards."""

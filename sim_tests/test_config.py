@@ -31,6 +31,12 @@ VALIDATION_CASES = [
     (lambda: LinearConfig(weight_bits=1), "linear.weight_bits must be an integer in [2, 8], not 1"),
     (lambda: LinearConfig(max_k=512, weight_depth=100),
      "linear.weight_depth must be an integer in [512, 1048576], not 100"),
+    (lambda: LinearConfig(shift_inputs=0),
+     "linear.shift_inputs must be an integer in [1, 64], not 0"),
+    (lambda: LinearConfig(shift_inputs=65),
+     "linear.shift_inputs must be an integer in [1, 64], not 65"),
+    (lambda: LinearConfig(mode="shift", shift_inputs=8, max_k=512, weight_depth=63),
+     "linear.weight_depth must be an integer in [64, 1048576], not 63"),
     (lambda: LinearConfig(mode="fp16"),
      f"linear.mode must be one of {', '.join(map(repr, LINEAR_MODES))}, not 'fp16'"),
     (lambda: UartConfig(baud=100), "uart.baud must be an integer in [1200, 12000000], not 100"),
@@ -82,6 +88,13 @@ def test_check_job():
                         "linear.weight_depth = 1024; split N (at most 16 columns for K = 512)"):
         cfg.check_job(1, 512, 24)
     assert cfg.max_n_for_k(512) == 16 and cfg.max_n_for_k(1) == 512
+    wide = LinearConfig(mode="shift", lanes=8, shift_inputs=8, max_k=512, max_n=512,
+                        weight_depth=256)
+    assert wide.weight_words(100, 20) == 13 * 3 and wide.max_n_for_k(512) == 32
+    with raises_exactly("job ceil(K/g)·ceil(N/lanes) = ceil(512/8)·ceil(40/8) = 320 weight "
+                        "words does not fit linear.weight_depth = 256; split N (at most 32 "
+                        "columns for K = 512)"):
+        wide.check_job(1, 512, 40)
     assert LinearConfig(dsp_lanes=3).hw_lanes == 3 and LinearConfig().hw_lanes == 8
 
 
@@ -92,7 +105,9 @@ def test_check_job():
                                           weight_depth=2048, act_bits=6, weight_bits=4),
                       uart=UartConfig(baud=9600)),
     AcceleratorConfig(clock_mhz=48),
-], ids=["default", "custom", "int-clock"])
+    AcceleratorConfig(linear=LinearConfig(mode="shift", lanes=8, shift_inputs=8,
+                                          shift_levels=4, weight_depth=256)),
+], ids=["default", "custom", "int-clock", "shift-wide"])
 def test_toml_round_trip(tmp_path, cfg):
     path = tmp_path / "c.toml"
     save_config(cfg, path)

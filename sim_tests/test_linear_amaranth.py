@@ -23,7 +23,7 @@ from amaformer.gen.numerics import requant_params, requantize
 from amaformer.hdl.common import MemWriteSignature, Requantizer
 from amaformer.hdl.linear import LinearEngine, lut_multiply
 
-from conftest import simulate, stream_collect, stream_send, write_words
+from conftest import requantize_stream, simulate, stream_collect, stream_send, write_words
 
 
 # --- Requantizer ----------------------------------------------------------------------------
@@ -71,17 +71,7 @@ def test_requantizer_matches_numerics(acc_width, idle, stall):
     # the case list reaches both rails and has ties in both signs
     assert 127 in expected and -128 in expected
     dut = Requantizer(acc_width, out_bits=8)
-    got = []
-
-    async def producer(ctx):
-        payloads = [{"acc": a, "params": {"bias": b, "mult": m, "shift": s}}
-                    for a, b, m, s in cases]
-        await stream_send(ctx, dut.i, payloads, idle=idle, rng=random.Random(1))
-
-    async def consumer(ctx):
-        await stream_collect(ctx, dut.o, len(cases), stall=stall, rng=random.Random(2), out=got)
-
-    simulate(dut, producer, consumer)
+    got = requantize_stream(dut, cases, idle=idle, stall=stall)
     bad = [(c, g, e) for c, g, e in zip(cases, got, expected) if g != e]
     assert not bad, f"{len(bad)} mismatches (acc, bias, mult, shift), got, expected: {bad[:5]}"
 

@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+from amaranth.hdl import Signal
 from amaranth.sim import Simulator
 
 from amaformer.gen.cost import bcq_cycles, shift_cycles
@@ -86,13 +87,16 @@ async def run_job(ctx, dut, x, mdim, n, rnd, stall=0.0, bp=0.0):
 
 
 def simulate(dut, words, params, jobs, seed, stall, bp):
-    """Run ``jobs`` (list of (x, n)) back to back on one loaded engine."""
+    """Run ``jobs`` (list of (x, n), or (x, n, words, params) to reload the engine first) back
+    to back on one loaded engine."""
     results = []
 
     async def tb(ctx):
         rnd = random.Random(seed)
         await load(ctx, dut, words, params)
-        for x, n in jobs:
+        for x, n, *reload in jobs:
+            if reload:
+                await load(ctx, dut, *reload)
             results.append(await run_job(ctx, dut, x, x.shape[0], n, rnd, stall, bp))
 
     sim = Simulator(dut)
@@ -137,8 +141,167 @@ def test_shift_engine(lanes, M, K, N, levels, stall, bp):
         assert cycles == shift_cycles(M, K, N, lanes)
 
 
-@pytest.mark.parametrize("levels,K,xmax", [(4, 3, 4), (7, 1, 2), (7, 2, 1), (2, 9, 7)])
-def test_shift_engine_exact(levels, K, xmax):
+SHIFT_WIDE_CASES = [
+    # lanes, inputs, M, K, N, levels, stall, bp
+    (2, 2, 2, 5, 3, 4, 0.0, 0.0),       # K odd: a half chunk
+    (3, 3, 2, 7, 7, 7, 0.3, 0.3),       # g not a power of two, stalls both sides
+    (4, 8, 1, 3, 5, 4, 0.0, 0.0),       # K < g, M = 1, N not a multiple of lanes
+    (2, 8, 3, 1, 4, 4, 0.0, 0.0),       # K = 1
+    (4, 8, 2, 21, 9, 4, 0.2, 0.4),      # three chunks, the last partial
+    (1, 3, 2, 9, 2, 2, 0.0, 0.5),       # K a multiple of g, one lane
+    (5, 2, 2, 16, 12, 5, 0.0, 0.0),
+    (2, 5, 4, 12, 2, 3, 0.0, 0.0),      # one group: rows back to back
+]
+
+
+@pytest.mark.parametrize("lanes,inputs,M,K,N,levels,stall,bp", SHIFT_WIDE_CASES)
+def test_shift_engine_wide(lanes, inputs, M, K, N, levels, stall, bp):
+    """g = ``inputs`` products per lane and cycle: outputs against the golden model, two jobs
+    back to back, exact cycle counts when unstalled."""
+    g = torch.Generator().manual_seed(lanes * 1000 + inputs * 100 + K)
+    x = torch.randint(-128, 128, (M, K), generator=g)
+    w = random_shift_weights(g, K, N, levels)
+    bias, mult, shift = random_params(g, N)
+    dut = ShiftEngine(lanes=lanes, inputs=inputs, max_k=32, max_n=16, max_m=8,
+                      weight_depth=64, levels=levels)
+    x2 = torch.randint(-128, 128, (1, K), generator=g)
+    (out, cycles), (out2, _) = simulate(
+        dut, pack_shift_weights(w, lanes, inputs), pack_requant_params(bias, mult, shift),
+        [(x, N), (x2, N)], seed=K, stall=stall, bp=bp)
+    assert torch.equal(torch.tensor(out).reshape(M, N), linear_shift(x, w, bias, mult, shift))
+    assert torch.equal(torch.tensor(out2).reshape(1, N), linear_shift(x2, w, bias, mult, shift))
+    if stall == 0 and bp == 0:
+        assert cycles == shift_cycles(M, K, N, lanes, inputs)
+
+
+@pytest.mark.parametrize("inputs,K2", [(3, 4), (8, 5), (8, 1)])
+def test_shift_engine_partial_chunk_stale(inputs, K2):
+    """A job with a long K fills the row buffer with large activations; the next job's last
+    chunk is partial, and the buffer bytes past its K (stale) must contribute nothing. Exact
+    accumulators (``mult = 1, shift = 0``)."""
+    g = torch.Generator().manual_seed(inputs * 10 + K2)
+    lanes, N, K1 = 3, 5, 4 * inputs
+    x1 = torch.full((1, K1), 127)
+    w1 = random_shift_weights(g, K1, N, 4)
+    x2 = torch.randint(-3, 4, (2, K2), generator=g)
+    w2 = random_shift_weights(g, K2, N, 4)
+    zeros = torch.zeros(N, dtype=torch.int64)
+    params = pack_requant_params(zeros, zeros + 1, zeros)
+    dut = ShiftEngine(lanes=lanes, inputs=inputs, max_k=32, max_n=8, max_m=4,
+                      weight_depth=16, levels=4)
+    _, (out, cycles) = simulate(dut, pack_shift_weights(w1, lanes, inputs), params,
+                                [(x1, N), (x2, N, pack_shift_weights(w2, lanes, inputs), params)],
+                                seed=1, stall=0.0, bp=0.0)
+    exp = linear_shift(x2, w2, zeros, zeros + 1, zeros)
+    assert int(exp.abs().max()) < 127
+    assert torch.equal(torch.tensor(out).reshape(2, N), exp)
+    assert cycles == shift_cycles(2, K2, N, lanes, inputs)
+
+
+SHIFT_PREFETCH_CASES = [
+    # lanes, inputs, M, K, N, stall, bp
+    (4, 4, 5, 12, 4, 0.0, 0.0),         # one group: rows stream back to back (K-bound)
+    (2, 4, 4, 9, 16, 0.0, 0.0),         # eight groups: compute-bound, the next row waits
+    (3, 8, 5, 5, 7, 0.0, 0.0),          # K < g: one partial chunk per group
+    (2, 3, 4, 10, 5, 0.0, 0.0),         # K not a multiple of g
+    (3, 1, 4, 6, 7, 0.0, 0.0),          # g = 1
+    (2, 4, 6, 11, 4, 0.7, 0.0),         # input stalls: the prefetch lags the compute
+    (4, 2, 5, 7, 4, 0.6, 0.1),
+    (2, 4, 5, 13, 6, 0.0, 0.7),         # output back-pressure: the compute lags the prefetch
+    (1, 1, 6, 3, 5, 0.3, 0.6),          # g = 1, K shorter than a group's drain, both sides
+]
+
+
+@pytest.mark.parametrize("lanes,inputs,M,K,N,stall,bp", SHIFT_PREFETCH_CASES)
+def test_shift_engine_prefetch(lanes, inputs, M, K, N, stall, bp):
+    """Row ``r + 1`` streams into the other half of the row buffer while the groups of row
+    ``r`` compute: bit-exact outputs (``mult = 1, shift = 0`` exposes every accumulator bit),
+    three jobs of different shapes back to back, exact cycle counts when unstalled."""
+    g = torch.Generator().manual_seed(lanes * 1000 + inputs * 100 + M * 10 + K)
+    zeros = torch.zeros(N, dtype=torch.int64)
+    params = pack_requant_params(zeros, zeros + 1, zeros)
+    dut = ShiftEngine(lanes=lanes, inputs=inputs, max_k=16, max_n=16, max_m=8,
+                      weight_depth=64, levels=3)
+    jobs, expected = [], []
+    for mm, kk in ((M, K), (M - 1, max(K - 3, 1)), (M, K)):
+        x = torch.randint(-3, 4, (mm, kk), generator=g)
+        w = random_shift_weights(g, kk, N, 3)
+        jobs.append((x, N, pack_shift_weights(w, lanes, inputs), params))
+        expected.append(linear_shift(x, w, zeros, zeros + 1, zeros))
+    results = simulate(dut, [], [], jobs, seed=M * K, stall=stall, bp=bp)
+    for (x, *_), exp, (out, cycles) in zip(jobs, expected, results):
+        assert int(exp.abs().max()) < 127
+        assert torch.equal(torch.tensor(out).reshape(exp.shape), exp)
+        if stall == 0 and bp == 0:
+            assert cycles == shift_cycles(x.shape[0], x.shape[1], N, lanes, inputs)
+
+
+@pytest.mark.parametrize("lanes,inputs,K,N", [(4, 16, 384, 256), (8, 8, 256, 64), (4, 4, 12, 4),
+                                              (2, 4, 40, 8)])
+def test_shift_cycles_row_rate(lanes, inputs, K, N):
+    """In the steady state a row costs ``max(K, groups·ceil(K/g))`` cycles (the next row
+    streams in while this one computes) when the groups are longer than the hand-over to the
+    holding register."""
+    groups, chunks = -(-N // lanes), -(-K // inputs)
+    rows = [shift_cycles(m, K, N, lanes, inputs) for m in (6, 7)]
+    assert rows[1] - rows[0] == max(K, groups * chunks)
+
+
+def test_shift_engine_reset_during_prefetch():
+    """A synchronous reset while the next row streams in (and the current one computes), then
+    a full job: correct outputs and the exact cycle count (no state survives the reset)."""
+    from amaranth.hdl import ResetInserter
+    lanes, inputs, N = 2, 4, 8
+    g = torch.Generator().manual_seed(5)
+    w = random_shift_weights(g, 12, N, 4)
+    bias, mult, shift = random_params(g, N)
+    dut = ShiftEngine(lanes=lanes, inputs=inputs, max_k=16, max_n=16, max_m=8,
+                      weight_depth=64, levels=4)
+    rst = Signal()
+    top = ResetInserter(rst)(dut)
+    results = []
+
+    async def tb(ctx):
+        rnd = random.Random(3)
+        await load(ctx, dut, pack_shift_weights(w, lanes, inputs),
+                   pack_requant_params(bias, mult, shift))
+        for cut in (14, 20, 26, 31):        # row 1 streaming while row 0 (then 1) computes
+            x = torch.randint(-128, 128, (4, 12), generator=g)
+            ctx.set(dut.m, 4)
+            ctx.set(dut.k, 12)
+            ctx.set(dut.n, N)
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            ctx.set(dut.y.ready, 1)
+            xs = x.flatten().tolist()
+            for i in range(cut):
+                ctx.set(dut.x.valid, 1)
+                ctx.set(dut.x.payload, xs[i])
+                await ctx.tick()
+            ctx.set(dut.x.valid, 0)
+            ctx.set(rst, 1)
+            await ctx.tick()
+            ctx.set(rst, 0)
+            assert not ctx.get(dut.busy) and not ctx.get(dut.y.valid)
+            x = torch.randint(-128, 128, (3, 12), generator=g)
+            out, cycles = await run_job(ctx, dut, x, 3, N, rnd)
+            results.append((x, out, cycles))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-6)
+    sim.add_testbench(tb)
+    sim.run()
+    assert len(results) == 4
+    for x, out, cycles in results:
+        assert torch.equal(torch.tensor(out).reshape(3, N), linear_shift(x, w, bias, mult, shift))
+        assert cycles == shift_cycles(3, 12, N, lanes, inputs)
+
+
+@pytest.mark.parametrize("levels,K,xmax,inputs", [
+    (4, 3, 4, 1), (7, 1, 2, 1), (7, 2, 1, 1), (2, 9, 7, 1),
+    (4, 7, 4, 2), (5, 5, 2, 3), (4, 13, 3, 8), (3, 1, 5, 8)])
+def test_shift_engine_exact(levels, K, xmax, inputs):
     """Requantization by ``mult = 1, shift = 0``: every output is the accumulator itself, so an
     error of one LSB (a lost carry-in of a negative weight) shows. Small operands keep the
     accumulators inside int8."""
@@ -147,14 +310,15 @@ def test_shift_engine_exact(levels, K, xmax):
     x = torch.randint(-xmax, xmax, (M, K), generator=g)
     w = random_shift_weights(g, K, N, levels)
     zeros = torch.zeros(N, dtype=torch.int64)
-    dut = ShiftEngine(lanes=lanes, max_k=16, max_n=16, max_m=8, weight_depth=64, levels=levels)
-    ((out, cycles),) = simulate(dut, pack_shift_weights(w, lanes),
+    dut = ShiftEngine(lanes=lanes, inputs=inputs, max_k=16, max_n=16, max_m=8,
+                      weight_depth=64, levels=levels)
+    ((out, cycles),) = simulate(dut, pack_shift_weights(w, lanes, inputs),
                                 pack_requant_params(zeros, zeros + 1, zeros), [(x, N)],
                                 seed=K, stall=0.0, bp=0.0)
     exp = linear_shift(x, w, zeros, zeros + 1, zeros)
     assert int(exp.abs().max()) < 127
     assert torch.equal(torch.tensor(out).reshape(M, N), exp)
-    assert cycles == shift_cycles(M, K, N, lanes)
+    assert cycles == shift_cycles(M, K, N, lanes, inputs)
 
 
 BCQ_CASES = [
@@ -227,6 +391,10 @@ def test_bcq_engine_bad_params(kwargs, message):
     (dict(levels=8), "levels must be an integer in [1, 7], not 8"),
     (dict(lanes=0), "lanes must be a positive integer, not 0"),
     (dict(max_k=64, weight_depth=32), "weight_depth must be at least max_k (64), not 32"),
+    (dict(inputs=0), "inputs must be an integer in [1, 64], not 0"),
+    (dict(inputs=65), "inputs must be an integer in [1, 64], not 65"),
+    (dict(inputs=3, max_k=64, weight_depth=21),
+     "weight_depth must be at least ceil(max_k/inputs) (22), not 21"),
 ])
 def test_shift_engine_bad_params(kwargs, message):
     with pytest.raises(ValueError) as e:
@@ -239,6 +407,11 @@ def test_pack_shift_weights():
     w = torch.tensor([[1, -1, 64], [-64, 0, 8]])
     assert pack_shift_weights(w, 2) == [0x8 << 4 | 0x0, 0x7 << 4 | 0xE,
                                         0x7 << 4 | 0x6, 0x7 << 4 | 0x3]
+    # inputs = 2, K = 3: word grp·2 + c, code of W[2c + i, 2grp + j] at 4(2j + i); the
+    # second chunk's input 1 (past K) holds the zero code
+    w3 = torch.tensor([[1, -2], [4, 0], [-8, 16]])
+    assert pack_shift_weights(w3, 2, 2) == [0x7_9_2_0, 0x7_4_7_B]
+    assert pack_shift_weights(w3, 1, 2) == [0x2_0, 0x7_B, 0x7_9, 0x7_4]
     with pytest.raises(ValueError) as e:
         pack_shift_weights(torch.tensor([[3]]), 1)
     assert str(e.value) == "shift weights must be 0 or ±2^s with s in [0, 6]"

@@ -2,7 +2,8 @@
 """cocotb verification of the shift and bcq engines' Verilog on Icarus, launched from pytest.
 
 One Verilog build per parameter point (small maxima, so builds are quick), each running every
-test of ``sim_tests/cocotb_shiftadd.py``: K = 1, K not a multiple of the lanes/chunk, N = 1,
+test of ``sim_tests/cocotb_shiftadd.py``: K = 1, K not a multiple of the lanes/chunk (shift with
+g inputs per lane: of g, and K < g, where Icarus's undefined row-buffer bytes must not leak), N = 1,
 M = 1, unstalled with exact cycle counts and with random idle inputs and back-pressure,
 back-to-back jobs, an empty job and a reset mid-job.
 """
@@ -29,6 +30,11 @@ POINTS = {
                              max_m=4, weight_depth=128),
     "shift-l3-lv3": LinearConfig(mode="shift", lanes=3, shift_levels=3, max_k=16, max_n=12,
                                  max_m=4, weight_depth=64),
+    # g products per lane and cycle: a partial last chunk, K < g, g not a power of two
+    "shift-l4-g8-lv4": LinearConfig(mode="shift", lanes=4, shift_inputs=8, shift_levels=4,
+                                    max_k=24, max_n=12, max_m=4, weight_depth=16),
+    "shift-l2-g3-lv7": LinearConfig(mode="shift", lanes=2, shift_inputs=3, shift_levels=7,
+                                    max_k=16, max_n=8, max_m=4, weight_depth=32),
     "bcq-s2-q2": LinearConfig(mode="bcq", lanes=2, bcq_bits=2, max_k=48, max_n=8, max_m=4,
                               weight_depth=64),
     "bcq-s1-q3-g8": LinearConfig(mode="bcq", lanes=1, bcq_bits=3, bcq_group=8, max_k=24,

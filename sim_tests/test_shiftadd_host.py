@@ -3,6 +3,8 @@
 simulated device: results bit-exact with the golden models, N split by the driver (bcq's weight
 words count per chunk), cycle counts from the cost models, and the descriptor check."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -50,3 +52,54 @@ def test_bcq_through_host():
     with pytest.raises(DeviceError) as e:          # 3 chunks · 5 columns · 2 planes = 30 > 24
         dev.run(1, k, 5)
     assert e.value.code == P.Status.DESCRIPTOR
+
+
+def test_wide_shift_through_host():
+    """A shift engine with g = 4 products per lane and cycle: the driver learns g from
+    ``IDENT`` (``lin_inputs``), packs the weights for it and counts ``ceil(K/g)`` words per
+    column group when splitting N."""
+    dev = device(mode="shift", lanes=2, shift_inputs=4, shift_levels=4, max_k=16, max_n=8,
+                 weight_depth=64)
+    assert dev.info.lin_inputs == 4 and dev.info.weight_word_bytes == 4
+    assert dataclasses.replace(dev.info, max_n=64).max_n_for_k(13) == 64 // 4 * 2
+    g = torch.Generator().manual_seed(13)
+    m, k, n = 3, 13, 11                 # two jobs (N = 8 + 3), a partial last chunk
+    x = torch.randint(-128, 128, (m, k), generator=g)
+    w = random_shift_weights(g, k, n, 4)
+    bias, mult, shift = random_params(g, n)
+    y = dev.linear(x, w, bias, mult, shift)
+    assert torch.equal(y.to(torch.int64), linear_shift(x, w, bias, mult, shift))
+    assert dev.job_cycles == [shift_cycles(m, k, 8, 2, 4), shift_cycles(m, k, 3, 2, 4)]
+
+
+@pytest.mark.parametrize("g", [4, 3])
+def test_wide_shift_weight_budget(g):
+    """The device's RUN check counts ``ceil(K/g)`` words per column group (g = 3: counted
+    chunk by chunk): a job that fills the weight buffer exactly runs in one piece, one more
+    column is refused (K·ceil(N/lanes) words would refuse both)."""
+    k, lanes = 13, 2
+    chunks = -(-k // g)
+    dev = device(mode="shift", lanes=lanes, shift_inputs=g, shift_levels=4, max_k=16,
+                 max_n=16, weight_depth=4 * chunks)
+    gen = torch.Generator().manual_seed(20 + g)
+    m, n = 2, 4 * lanes
+    x = torch.randint(-128, 128, (m, k), generator=gen)
+    w = random_shift_weights(gen, k, n, 4)
+    bias, mult, shift = random_params(gen, n)
+    y = dev.linear(x, w, bias, mult, shift)
+    assert torch.equal(y.to(torch.int64), linear_shift(x, w, bias, mult, shift))
+    assert dev.job_cycles == [shift_cycles(m, k, n, lanes, g)]
+    with pytest.raises(DeviceError) as e:          # a fifth column group: 5·chunks words
+        dev.run(1, k, n + 1)
+    assert e.value.code == P.Status.DESCRIPTOR
+
+
+def test_wide_shift_config_mismatch():
+    """``expect=cfg`` checks ``lin_inputs``: a g = 4 device is not a g = 2 configuration."""
+    cfg = AcceleratorConfig(linear=LinearConfig(mode="shift", lanes=2, shift_inputs=4,
+                                                max_k=16, max_n=8, max_m=8, weight_depth=64))
+    tr = SimTransport(cfg, timeout_cycles=300, act_depth=512, out_depth=512)
+    other = dataclasses.replace(cfg, linear=dataclasses.replace(cfg.linear, shift_inputs=2))
+    with pytest.raises(DeviceError) as e:
+        Device(tr, timeout=0.01, retries=0, expect=other)
+    assert str(e.value) == "device has lin_inputs = 4, the configuration expects 2"

@@ -70,3 +70,32 @@ def test_shift_lane_cost(tmp_path):
                        sum(n for t, n in cells["top"].items() if t.startswith("SB_DFF"))))
     lut, ff = ((b - a) / 4 for a, b in zip(*counts))
     assert lut <= LANE_LUT_MAX and ff <= LANE_FF_MAX, f"per lane: {lut} LUT4, {ff} flip-flops"
+
+
+#: Per-product bound of the wide ``shift`` engine (``inputs`` = 8, ``levels`` = 4, ``acc_width``
+#: 16 here; measured 43.25 LUT4s and 38.3 flip-flops per product, mostly in the same logic
+#: cells): a two-level shifter (~2 LUT4s per bit, its register the product's), its share of the
+#: registered adder tree (one LC per bit), and an eighth of the accumulator and hold chain. The
+#: one-product lane above costs ~85 LUT4s per product.
+PRODUCT_LUT_MAX = 46
+PRODUCT_FF_MAX = 41
+
+
+def test_wide_shift_product_cost(tmp_path):
+    """No multiplier in the wide ``shift`` engine (g products per lane and cycle), and the
+    cost per product that lets 64 of them fit an iCE40UP5K next to the top."""
+    counts = []
+    for lanes in (1, 3):
+        dut = ShiftEngine(lanes=lanes, inputs=8, levels=4, max_k=16, max_n=16, max_m=4,
+                          weight_depth=32)
+        sub = tmp_path / str(lanes)
+        sub.mkdir()
+        cells = synth_cells(dut, "synth_ice40 -dsp -noflatten", sub)
+        assert set(cells) == {"top", "top.rq"}
+        found = {t: n for t, n in cells["top"].items() if t in MULTIPLIERS}
+        assert found == {}, f"multiplier cells outside the requantizer: {found}"
+        counts.append((cells["top"].get("SB_LUT4", 0),
+                       sum(n for t, n in cells["top"].items() if t.startswith("SB_DFF"))))
+    lut, ff = ((b - a) / (2 * 8) for a, b in zip(*counts))
+    assert lut <= PRODUCT_LUT_MAX and ff <= PRODUCT_FF_MAX, \
+        f"per product: {lut} LUT4, {ff} flip-flops"

@@ -201,8 +201,9 @@ def test_truncated_frame_times_out(dev_tr):
         tr.write(frame[:cut])
         tr.pause(10 / tr.clk_hz)
         assert tr.read(1, 100 / tr.clk_hz) == b""   # nothing before the timeout
-        status, _, _ = exchange(tr, b"", read_timeout=1)
+        status, op, _ = exchange(tr, b"", read_timeout=1)
         assert status == P.Status.TRUNCATED
+        assert op == (P.Op.WRITE if cut >= P.REQ_HEADER_BYTES else 0)  # op 0: header cut short
     assert_intact(dev)
 
 
@@ -223,6 +224,8 @@ def test_garbage_never_hangs(dev_tr):
     dict(m=65, k=8, n=8), dict(m=1, k=64, n=12),            # 64·3 = 192 weight words > 128
     dict(m=40, k=30, n=4), dict(m=1, k=8, n=8, x_addr=1020),  # past the activation memory
     dict(m=30, k=8, n=40), dict(m=1, k=8, n=8, y_addr=1 << 20),  # past the output memory
+    dict(m=1 + (1 << 24), k=8, n=8), dict(m=1, k=8 + (1 << 7), n=8),  # bits above the limit
+    dict(m=1, k=8, n=8, x_addr=1 << 31),
 ])
 def test_bad_descriptor(dev_tr, desc):
     dev, tr = dev_tr
