@@ -51,16 +51,12 @@ def test_no_multiplier(mode, script, tmp_path):
         assert cells["top"].get("SB_RAM40_4K", 0) >= 4      # at least one EBR per table
 
 
-def test_shift_lane_cost(tmp_path):
-    """No multiplier in the ``shift`` engine, and one lane stays small on iCE40 (Yosys
-    ``synth_ice40``, engine alone, ``acc_width`` 19 here): a three-level shifter (~40 LUT4s
-    whose flip-flops are the pipeline registers), the accumulator and the hold chain (one LC
-    per bit each). The first version took ~100 LUT4s and ~90 flip-flops per lane at
-    ``acc_width`` 24, plus a lanes-to-one drain multiplexer."""
+def shift_engine_cells(tmp_path, engines):
+    """``(LUT4, flip-flops)`` outside the requantizer of each engine (``synth_ice40``), after
+    checking that none of them has a multiplier cell there."""
     counts = []
-    for lanes in (1, 5):
-        dut = ShiftEngine(lanes=lanes, max_k=16, max_n=16, max_m=4, weight_depth=32)
-        sub = tmp_path / str(lanes)
+    for i, dut in enumerate(engines):
+        sub = tmp_path / str(i)
         sub.mkdir()
         cells = synth_cells(dut, "synth_ice40 -dsp -noflatten", sub)
         assert set(cells) == {"top", "top.rq"}
@@ -68,6 +64,18 @@ def test_shift_lane_cost(tmp_path):
         assert found == {}, f"multiplier cells outside the requantizer: {found}"
         counts.append((cells["top"].get("SB_LUT4", 0),
                        sum(n for t, n in cells["top"].items() if t.startswith("SB_DFF"))))
+    return counts
+
+
+def test_shift_lane_cost(tmp_path):
+    """No multiplier in the ``shift`` engine, and one lane stays small on iCE40 (Yosys
+    ``synth_ice40``, engine alone, ``acc_width`` 19 here): a three-level shifter (~40 LUT4s
+    whose flip-flops are the pipeline registers), the accumulator and the hold chain (one LC
+    per bit each). The first version took ~100 LUT4s and ~90 flip-flops per lane at
+    ``acc_width`` 24, plus a lanes-to-one drain multiplexer."""
+    counts = shift_engine_cells(tmp_path, [
+        ShiftEngine(lanes=lanes, max_k=16, max_n=16, max_m=4, weight_depth=32)
+        for lanes in (1, 5)])
     lut, ff = ((b - a) / 4 for a, b in zip(*counts))
     assert lut <= LANE_LUT_MAX and ff <= LANE_FF_MAX, f"per lane: {lut} LUT4, {ff} flip-flops"
 
@@ -84,18 +92,10 @@ PRODUCT_FF_MAX = 41
 def test_wide_shift_product_cost(tmp_path):
     """No multiplier in the wide ``shift`` engine (g products per lane and cycle), and the
     cost per product that lets 64 of them fit an iCE40UP5K next to the top."""
-    counts = []
-    for lanes in (1, 3):
-        dut = ShiftEngine(lanes=lanes, inputs=8, levels=4, max_k=16, max_n=16, max_m=4,
-                          weight_depth=32)
-        sub = tmp_path / str(lanes)
-        sub.mkdir()
-        cells = synth_cells(dut, "synth_ice40 -dsp -noflatten", sub)
-        assert set(cells) == {"top", "top.rq"}
-        found = {t: n for t, n in cells["top"].items() if t in MULTIPLIERS}
-        assert found == {}, f"multiplier cells outside the requantizer: {found}"
-        counts.append((cells["top"].get("SB_LUT4", 0),
-                       sum(n for t, n in cells["top"].items() if t.startswith("SB_DFF"))))
+    counts = shift_engine_cells(tmp_path, [
+        ShiftEngine(lanes=lanes, inputs=8, levels=4, max_k=16, max_n=16, max_m=4,
+                    weight_depth=32)
+        for lanes in (1, 3)])
     lut, ff = ((b - a) / (2 * 8) for a, b in zip(*counts))
     assert lut <= PRODUCT_LUT_MAX and ff <= PRODUCT_FF_MAX, \
         f"per product: {lut} LUT4, {ff} flip-flops"
