@@ -317,11 +317,11 @@ def cmd_run(args):
             raise CliError(f"--shape must be MxKxN, e.g. 4x64x32, not {args.shape!r}") from None
         config.linear.check_job(min(m, config.linear.max_m), k, 1)
         operands = random_layer(m, k, n, args.seed, config.linear.act_bits,
-                                config.linear.weight_bits)
+                                config.linear.weight_bits, linear=config.linear)
         extra = {}
     else:
         try:
-            prog, layer, x = compile_minilm("query", args.cols)
+            prog, layer, x = compile_minilm("query", args.cols, linear=config.linear)
         except ValueError as e:
             raise CliError(f"--cols: {e}") from None
         operands = (prog.quantize_input(x), prog.w, prog.bias, prog.mult, prog.shift)

@@ -1,4 +1,4 @@
-"""Compiler for the ``mul`` linear engine: float ``torch.nn.Linear`` → integer program.
+"""Compiler for the linear engines: float ``torch.nn.Linear`` → integer program.
 
 :func:`compile_linear` quantizes one layer, using calibration activations for the input and
 output scales:
@@ -20,7 +20,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .golden import linear_mul
 from .numerics import BIAS_BITS, qmax, quantize, requant_params
 
 __all__ = ["CompiledLinear", "compile_linear"]
@@ -32,8 +31,9 @@ class CompiledLinear:
 
     Members
     -------
-    w : torch.Tensor
-        ``K×N`` int64 weights (``Y = X·W``, the transpose of ``nn.Linear.weight``).
+    w : torch.Tensor or BcqMatrix
+        ``K×N`` int64 weights (``Y = X·W``, the transpose of ``nn.Linear.weight``); a
+        :class:`~amaformer.gen.layout.BcqMatrix` for ``bcq``.
     bias, mult, shift : torch.Tensor
         ``N`` int64 each: bias in accumulator units, requantization multiplier and shift.
     in_scale, out_scale : float
@@ -71,11 +71,14 @@ class CompiledLinear:
 
     def golden(self, x_q):
         """The device's exact integer result for ``x_q`` (``M×K`` ints)."""
-        return linear_mul(x_q, self.w, self.bias, self.mult, self.shift, self.act_bits)
+        from .run import golden_linear
+        return golden_linear(x_q, self.w, self.bias, self.mult, self.shift, self.act_bits)
 
 
-def compile_linear(layer, calib_x, *, per_channel=True, act_bits=8, weight_bits=8):
-    """Quantize ``layer`` (a ``torch.nn.Linear``) for the ``mul`` engine.
+def compile_linear(layer, calib_x, *, per_channel=True, act_bits=8, weight_bits=8,
+                   linear=None):
+    """Quantize ``layer`` (a ``torch.nn.Linear``) for the ``mul`` engine, or for the engine
+    that ``linear`` describes.
 
     Parameters
     ----------
@@ -87,6 +90,11 @@ def compile_linear(layer, calib_x, *, per_channel=True, act_bits=8, weight_bits=
         One weight scale per output column (default) or one for the matrix.
     act_bits, weight_bits : int
         Signed widths of activations and weights.
+    linear : LinearConfig or None
+        With ``mode = "shift"``, weights ``{0, ±2^s}`` (:func:`~amaformer.gen.quant.quantize_shift`,
+        ``shift_levels``); with ``"bcq"``, a :class:`~amaformer.gen.layout.BcqMatrix`
+        (:func:`~amaformer.gen.quant.quantize_bcq`, ``bcq_bits``, α per ``bcq_group`` inputs,
+        default the whole row). Both with one scale per output column.
 
     Raises
     ------
@@ -111,8 +119,19 @@ def compile_linear(layer, calib_x, *, per_channel=True, act_bits=8, weight_bits=
         raise ValueError("calib_x must not be all zeros")
     in_scale = float(x.abs().max()) / qmax(act_bits)
     out_scale = max(float(y_f.abs().max()), 1e-12) / qmax(act_bits)
-    w_q, w_scale = quantize(w_f, weight_bits, dim=1 if per_channel else None)
-    w_scale = w_scale.reshape(-1).expand(layer.out_features).clone()
+    mode = getattr(linear, "mode", "mul")
+    if mode == "shift":
+        from .quant import quantize_shift
+        qw = quantize_shift(w_f, linear.shift_levels)
+        w_q, w_scale = qw.w_int, qw.scale.clone()
+    elif mode == "bcq":
+        from .quant import quantize_bcq
+        group = linear.bcq_group if linear.bcq_group is not None else layer.in_features
+        qw = quantize_bcq(w_f, linear.bcq_bits, group=group)
+        w_q, w_scale = qw.matrix(), qw.scale.clone()
+    else:
+        w_q, w_scale = quantize(w_f, weight_bits, dim=1 if per_channel else None)
+        w_scale = w_scale.reshape(-1).expand(layer.out_features).clone()
     acc_scale = in_scale * w_scale
     lim = (1 << (BIAS_BITS - 1)) - 1
     bias = torch.clamp(torch.round(b_f / acc_scale), -lim - 1, lim).to(torch.int64)

@@ -96,12 +96,27 @@ def minilm_linear(which="query", cols=384, sentence=MINILM_SENTENCE):
     return layer, hidden[0], torch.cat(hidden)
 
 
-def random_layer(m, k, n, seed=0, act_bits=8, weight_bits=8):
-    """Random integer operands ``(x, w, bias, mult, shift)`` with a fixed seed."""
+def random_layer(m, k, n, seed=0, act_bits=8, weight_bits=8, linear=None):
+    """Random integer operands ``(x, w, bias, mult, shift)`` with a fixed seed.
+
+    ``linear`` (a :class:`~amaformer.gen.config.LinearConfig`, optional) picks the weight
+    encoding: ``mul`` (default) gives ``weight_bits``-bit integers, ``shift`` weights
+    ``{0, ±2^s}`` with ``s < shift_levels``, ``bcq`` a :class:`~amaformer.gen.layout.BcqMatrix`
+    of ``bcq_bits`` planes (α per ``bcq_group`` inputs) fitted to a random float matrix."""
     g = torch.Generator().manual_seed(seed)
     a, b = 1 << (act_bits - 1), 1 << (weight_bits - 1)
     x = torch.randint(-a, a, (m, k), generator=g)
     w = torch.randint(-b, b, (k, n), generator=g)
+    mode = getattr(linear, "mode", "mul")
+    if mode == "shift":
+        s = torch.randint(0, linear.shift_levels, (k, n), generator=g)
+        sign = torch.randint(-1, 2, (k, n), generator=g)        # a third are zero
+        w = sign * (1 << s)
+    elif mode == "bcq":
+        from .quant import quantize_bcq
+        w_f = torch.randn(k, n, generator=g, dtype=torch.float64)
+        group = linear.bcq_group if linear.bcq_group is not None else k
+        w = quantize_bcq(w_f, linear.bcq_bits, group=group).matrix()
     bias = torch.randint(-4096, 4096, (n,), generator=g)
     mult = torch.randint(1 << 14, 1 << 15, (n,), generator=g)
     shift = torch.randint(12, 22, (n,), generator=g)
@@ -125,6 +140,18 @@ class RunResult:
         return d
 
 
+def golden_linear(x, w, bias, mult, shift, act_bits=8):
+    """The bit-exact result of the engine whose weights ``w`` are: a
+    :class:`~amaformer.gen.layout.BcqMatrix` (bcq), ``{0, ±2^s}`` integers (shift: the same
+    arithmetic as mul, see :func:`~amaformer.gen.golden.linear_shift`) or int8 (mul)."""
+    from .golden import linear_bcq
+    from .layout import BcqMatrix
+    x, bias, mult, shift = (torch.as_tensor(v) for v in (x, bias, mult, shift))
+    if isinstance(w, BcqMatrix):
+        return linear_bcq(x, w.planes, w.alpha, w.group, bias, mult, shift, act_bits)
+    return linear_mul(x, torch.as_tensor(w), bias, mult, shift, act_bits)
+
+
 def run_layer(dev, x, w, bias, mult, shift, *, float_layer=None, float_x=None, out_scale=None):
     """Run ``Y = requant(X·W + b)`` on ``dev``, compare with the golden model and, when a float
     layer is given, with float PyTorch (``y_dev · out_scale`` against ``float_layer(float_x)``).
@@ -132,8 +159,7 @@ def run_layer(dev, x, w, bias, mult, shift, *, float_layer=None, float_x=None, o
     t0 = time.perf_counter()
     y = dev.linear(x, w, bias, mult, shift, as_tensor=True).to(torch.int64)
     wall = time.perf_counter() - t0
-    gold = linear_mul(torch.as_tensor(x), torch.as_tensor(w), torch.as_tensor(bias),
-                      torch.as_tensor(mult), torch.as_tensor(shift), dev.info.act_bits)
+    gold = golden_linear(x, w, bias, mult, shift, dev.info.act_bits)
     res = RunResult(bit_exact=bool(torch.equal(y, gold)), cycles=dev.last_cycles,
                     jobs=len(dev.job_cycles), wall_seconds=round(wall, 2))
     if float_layer is not None:
@@ -146,10 +172,11 @@ def run_layer(dev, x, w, bias, mult, shift, *, float_layer=None, float_x=None, o
     return res
 
 
-def compile_minilm(which="query", cols=384, sentence=MINILM_SENTENCE):
-    """``(prog, layer, x)`` for :func:`minilm_linear`, compiled with :func:`compile_linear`."""
+def compile_minilm(which="query", cols=384, sentence=MINILM_SENTENCE, linear=None):
+    """``(prog, layer, x)`` for :func:`minilm_linear`, compiled with :func:`compile_linear`
+    (for the engine ``linear`` describes, default ``mul``)."""
     layer, x, calib = minilm_linear(which, cols, sentence)
-    return compile_linear(layer, calib), layer, x
+    return compile_linear(layer, calib, linear=linear), layer, x
 
 
 #: ``shift`` shape of :func:`compare_encodings`: products per lane per cycle and magnitudes.

@@ -103,3 +103,55 @@ def test_wide_shift_config_mismatch():
     with pytest.raises(DeviceError) as e:
         Device(tr, timeout=0.01, retries=0, expect=other)
     assert str(e.value) == "device has lin_inputs = 4, the configuration expects 2"
+
+
+@pytest.mark.parametrize("linear, argv", [
+    (dict(mode="shift", lanes=2, shift_inputs=4, shift_levels=4), ["--shape", "3x21x9"]),
+    (dict(mode="bcq", lanes=2, bcq_bits=3), ["--shape", "2x40x5"]),
+    (dict(mode="shift", lanes=2, shift_inputs=8, shift_levels=7, max_k=384),
+     ["--layer", "minilm", "--cols", "4"]),
+])
+def test_cli_run_shiftadd(capsys, tmp_path, linear, argv):
+    """``amaformer run`` in the engine's own encoding: random weights drawn in it (shift:
+    ``{0, ±2^s}``; bcq: a fitted BcqMatrix) or the real MiniLM layer compiled for it, checked
+    bit for bit against that encoding's golden model."""
+    from amaformer.gen.cli import main
+    from amaformer.gen.config import save_config
+    lin = dict(max_k=64, max_n=16, max_m=16, weight_depth=128) | linear
+    if lin["max_k"] == 384:
+        lin["weight_depth"] = 48 * 2
+    path = tmp_path / "c.toml"
+    save_config(AcceleratorConfig(linear=LinearConfig(**lin)), path)
+    assert main(["run", "--config", str(path), "--device", "sim", *argv,
+                 "--json", str(tmp_path / "r.json")]) == 0
+    out = capsys.readouterr().out
+    assert "bit-exact True" in out, out
+    if "minilm" in argv:
+        assert "relative error vs float" in out
+
+
+def test_compile_linear_encodings():
+    """``compile_linear(linear=...)`` quantizes into the engine's encoding with one scale per
+    column; the program's golden model follows it (shift: powers of two, bcq: planes × α)."""
+    from amaformer.gen.compile import compile_linear
+    from amaformer.gen.run import golden_linear
+    torch.manual_seed(3)
+    layer = torch.nn.Linear(48, 6).double()
+    calib = torch.randn(20, 48, dtype=torch.float64)
+    for linear in (LinearConfig(mode="shift", shift_levels=5),
+                   LinearConfig(mode="bcq", lanes=2, bcq_bits=4, bcq_group=16)):
+        prog = compile_linear(layer, calib, linear=linear)
+        x = prog.quantize_input(calib)
+        y = prog.dequantize_output(prog.golden(x))
+        ref = layer(calib).detach()
+        assert float((y - ref).norm() / ref.norm()) < 0.25
+        if linear.mode == "shift":
+            a = prog.w.abs()
+            assert bool(((a & (a - 1)) == 0).all()) and int(a.max()) <= 16
+            assert torch.equal(prog.golden(x), linear_shift(x, prog.w, prog.bias, prog.mult,
+                                                            prog.shift))
+        else:
+            assert isinstance(prog.w, BcqMatrix) and prog.w.group == 16
+            assert torch.equal(golden_linear(x, prog.w, prog.bias, prog.mult, prog.shift),
+                               linear_bcq(x, prog.w.planes, prog.w.alpha, 16, prog.bias,
+                                          prog.mult, prog.shift))
