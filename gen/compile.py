@@ -126,8 +126,7 @@ def compile_linear(layer, calib_x, *, per_channel=True, act_bits=8, weight_bits=
         w_q, w_scale = qw.w_int, qw.scale.clone()
     elif mode == "bcq":
         from .quant import quantize_bcq
-        group = linear.bcq_group if linear.bcq_group is not None else layer.in_features
-        qw = quantize_bcq(w_f, linear.bcq_bits, group=group)
+        qw = quantize_bcq(w_f, linear.bcq_bits, group=linear.bcq_group)
         w_q, w_scale = qw.matrix(), qw.scale.clone()
     else:
         w_q, w_scale = quantize(w_f, weight_bits, dim=1 if per_channel else None)

@@ -14,6 +14,7 @@ import torch
 
 from .compile import compile_linear
 from .golden import linear_mul
+from .numerics import requant_params
 
 __all__ = ["compare_encodings", "open_device", "minilm_embeddings", "minilm_linear", "random_layer", "run_layer",
            "RunResult", "MINILM_SENTENCE", "MINILM_CALIBRATION", "MINILM_LAYERS"]
@@ -115,12 +116,15 @@ def random_layer(m, k, n, seed=0, act_bits=8, weight_bits=8, linear=None):
     elif mode == "bcq":
         from .quant import quantize_bcq
         w_f = torch.randn(k, n, generator=g, dtype=torch.float64)
-        group = linear.bcq_group if linear.bcq_group is not None else k
-        w = quantize_bcq(w_f, linear.bcq_bits, group=group).matrix()
-    bias = torch.randint(-4096, 4096, (n,), generator=g)
-    mult = torch.randint(1 << 14, 1 << 15, (n,), generator=g)
-    shift = torch.randint(12, 22, (n,), generator=g)
-    return x, w, bias, mult, shift
+        w = quantize_bcq(w_f, linear.bcq_bits, group=linear.bcq_group).matrix()
+    # requantization scaled per column so that outputs mostly land inside the int8 range (a
+    # saturated output would hide a wrong accumulator): the largest |acc| maps to 0.6·127
+    zero, one = torch.zeros(n, dtype=torch.int64), torch.ones(n, dtype=torch.int64)
+    acc = golden_linear(x, w, zero, one, zero, act_bits=40)
+    peak = acc.abs().amax(0).clamp(min=1).to(torch.float64)
+    bias = (torch.rand(n, generator=g, dtype=torch.float64) - 0.5).mul(peak / 2).round()
+    mult, shift = requant_params(0.6 * ((1 << (act_bits - 1)) - 1) / peak)
+    return x, w, bias.to(torch.int64), mult, shift
 
 
 @dataclass
@@ -199,7 +203,7 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
     from ..host.sim import SimTransport
     from .config import AcceleratorConfig, LinearConfig
     from .golden import linear_bcq, linear_shift
-    from .numerics import quantize, requant_params
+    from .numerics import quantize
     from .quant import quantize_bcq, quantize_shift, relative_error
     lanes = {"mul": 8, "shift": 4, "bcq": 8} | (lanes or {})
     g = torch.Generator().manual_seed(seed)
