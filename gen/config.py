@@ -218,7 +218,7 @@ class AttentionConfig:
         MACs stay on DSPs) or ``"all"``. Same arithmetic.
     enabled : bool
         Put the attention unit in the accelerator, behind the command interface
-        (``RUN_ATTENTION``); with a convolution in ``linear_causal`` only. Off by default: the unit
+        (a ``RUN`` of the attention unit); with a convolution in ``linear_causal`` only. Off by default: the unit
         does not fit an iCE40UP5K next to the linear engine (build it for an ECP5 board).
     """
     mode: str = "softmax"

@@ -6,7 +6,7 @@ RTL cycle for cycle.
 """
 
 __all__ = ["linear_cycles", "linear_macs", "linear_utilization", "shift_cycles", "bcq_cycles",
-           "bcq_macs_per_cycle", "attention_cycles"]
+           "bcq_macs_per_cycle", "attention_cycles", "linear_job_cycles"]
 
 #: LinearEngine: cycles from issuing the last k of a group until the lanes may issue the last k
 #: of the next group, beyond the drain of the group's columns (one column per cycle).
@@ -104,7 +104,7 @@ def bcq_macs_per_cycle(slots, planes):
 
 
 def attention_cycles(mode, heads, tokens, dim, lanes, *, mask="dense", keep=None, conv_taps=0):
-    """Cycles of one ``RUN_ATTENTION`` job through the top (start edge to done edge): the
+    """Cycles of one attention job through the top (start edge to done edge): the
     sequencer's reads from the single-port activation memory (two per ``kv`` beat, three per
     ``qkv`` beat) and the engine's pipeline. Exact; defined next to the RTL as
     :func:`amaformer.hdl.attention_top.attention_job_cycles`.
@@ -123,3 +123,14 @@ def attention_cycles(mode, heads, tokens, dim, lanes, *, mask="dense", keep=None
         keep = None
     return attention_job_cycles(mode, heads, tokens, dim, lanes,
                                 softmax_schedule(tokens, lanes, keep), sparse=mask == "sparse")
+
+
+def linear_job_cycles(linear, m, k, n):
+    """Cycles of one ``M×K @ K×N`` job on the linear unit that ``linear`` (a ``LinearConfig``,
+    read duck-typed) describes, start edge to done edge: the one place that picks the engine's
+    cycle model by weight encoding."""
+    if linear.mode == "shift":
+        return shift_cycles(m, k, n, linear.lanes, getattr(linear, "shift_inputs", 1))
+    if linear.mode == "bcq":
+        return bcq_cycles(m, k, n, linear.lanes, linear.bcq_bits)
+    return linear_cycles(m, k, n, linear.lanes)

@@ -9,7 +9,7 @@ import torch
 
 from .numerics import requantize
 
-__all__ = ["linear_acc", "linear_mul", "linear_shift", "linear_bcq"]
+__all__ = ["linear_acc", "linear_mul", "linear_shift", "linear_bcq", "golden_linear"]
 
 
 def linear_acc(x, w, bias=None):
@@ -87,3 +87,14 @@ def linear_bcq(x, planes, alpha, group, bias, mult, shift, out_bits=8):
     q, k, n = planes.shape
     a = alpha.repeat_interleave(group, dim=1)[:, :k, :]
     return linear_mul(x, (a * planes).sum(0), bias, mult, shift, out_bits)
+
+
+def golden_linear(x, w, bias, mult, shift, act_bits=8):
+    """The bit-exact result of the engine whose weights ``w`` are: a
+    :class:`~amaformer.hdl.linear_layout.BcqMatrix` (bcq), ``{0, ±2^s}`` integers (shift: the same
+    arithmetic as mul, see :func:`~amaformer.gen.golden.linear_shift`) or int8 (mul)."""
+    from ..hdl.linear_layout import BcqMatrix
+    x, bias, mult, shift = (torch.as_tensor(v) for v in (x, bias, mult, shift))
+    if isinstance(w, BcqMatrix):
+        return linear_bcq(x, w.planes, w.alpha, w.group, bias, mult, shift, act_bits)
+    return linear_mul(x, torch.as_tensor(w), bias, mult, shift, act_bits)

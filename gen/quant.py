@@ -83,8 +83,8 @@ class BcqWeights:
         return self.w_int().to(torch.float64) * self.scale
 
     def matrix(self):
-        """The :class:`~amaformer.gen.layout.BcqMatrix` the host driver loads."""
-        from .layout import BcqMatrix
+        """The :class:`~amaformer.hdl.linear_layout.BcqMatrix` the host driver loads."""
+        from ..hdl.linear_layout import BcqMatrix
         return BcqMatrix(self.planes, self.alpha, self.group)
 
 

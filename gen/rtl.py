@@ -14,8 +14,7 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from ..hdl.linear import LinearEngine
-from ..hdl.shiftadd import make_shiftadd_engine
+from ..hdl.linear_unit import make_linear_engine
 from .config import LinearConfig
 
 __all__ = ["linear_engine_from_config", "write_verilog", "verilog_port_names"]
@@ -34,21 +33,12 @@ def linear_engine_from_config(linear_cfg):
     ValueError
         ``linear_cfg.mode`` has no engine here.
 
-    Modes ``shift`` and ``bcq`` return :func:`~amaformer.hdl.shiftadd.make_shiftadd_engine`'s
-    engine (same ports).
+    The one engine factory is :func:`amaformer.hdl.linear_unit.make_linear_engine`; this adds
+    the type check.
     """
     if not isinstance(linear_cfg, LinearConfig):
         raise TypeError(f"linear_cfg must be a LinearConfig, not {linear_cfg!r}")
-    if linear_cfg.mode in ("shift", "bcq"):
-        return make_shiftadd_engine(linear_cfg)
-    if linear_cfg.mode != "mul":
-        raise ValueError(f"linear_engine_from_config builds mode 'mul' engines, "
-                         f"not {linear_cfg.mode!r}")
-    return LinearEngine(
-        lanes=linear_cfg.lanes, max_k=linear_cfg.max_k, max_n=linear_cfg.max_n,
-        max_m=linear_cfg.max_m, weight_depth=linear_cfg.weight_depth,
-        act_bits=linear_cfg.act_bits, weight_bits=linear_cfg.weight_bits,
-        hw_lanes=linear_cfg.hw_lanes)
+    return make_linear_engine(linear_cfg)
 
 
 def verilog_port_names(component):

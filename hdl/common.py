@@ -1,11 +1,11 @@
 """Building blocks shared by the engines: a memory write-port signature and the requantizer."""
 
 from amaranth import *
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["check_int", "drive_write_port", "linear_engine_ports", "MemWriteSignature",
-           "RequantParams", "Requantizer"]
+__all__ = ["check_int", "drive_write_port", "linear_engine_ports", "params_memory",
+           "MemWriteSignature", "RequantParams", "Requantizer"]
 
 #: Per-column requantization word: bias (accumulator units), multiplier M, shift S.
 RequantParams = data.StructLayout({
@@ -60,6 +60,18 @@ def drive_write_port(m, mem_port, bus):
     """Drive a ``lib.memory`` write port from a :class:`MemWriteSignature` bus (no latency)."""
     m.d.comb += [mem_port.addr.eq(bus.addr), mem_port.data.eq(bus.data),
                  mem_port.en.eq(bus.en)]
+
+
+def params_memory(m, engine):
+    """The per-column :data:`RequantParams` memory of a linear engine, ``m.submodules.pmem``.
+
+    ``engine.max_n`` words, written by the host through ``engine.p_wr`` (no latency); the
+    engine adds its own read ports (synchronous, so the words may live in block RAM).
+    """
+    m.submodules.pmem = pmem = memory.Memory(shape=RequantParams, depth=engine.max_n, init=[])
+    p_w = pmem.write_port()
+    drive_write_port(m, p_w, engine.p_wr)
+    return pmem
 
 
 class MemWriteSignature(wiring.Signature):

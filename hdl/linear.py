@@ -19,9 +19,11 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
-from .common import RequantParams, Requantizer, check_int, drive_write_port, linear_engine_ports
+from .common import (RequantParams, Requantizer, check_int, drive_write_port,
+                     linear_engine_ports, params_memory)
 
-__all__ = ["LinearEngine", "PipelinedRequantizer", "lut_multiply"]
+__all__ = ["LinearEngine", "PipelinedRequantizer", "lut_multiply", "drain_columns",
+           "linear_job_control"]
 
 
 def lut_multiply(a, b):
@@ -198,6 +200,78 @@ class PipelinedRequantizer(Requantizer):
         return m
 
 
+def drain_columns(m, engine, *, pmem, column, hold_full, hold_col, hold_cnt, hold_resv,
+                  take=None):
+    """Drain a linear engine's holding register to ``engine.y``, one column per cycle.
+
+    A fetch stage takes ``column(di)`` (the accumulator of output column ``hold_col + di``,
+    ``engine.acc_width`` bits signed) while it reads that column's ``RequantParams`` from
+    ``pmem`` (a synchronous read port, so the parameters may live in block RAM), then a
+    :class:`PipelinedRequantizer` (``m.submodules.rq``) feeds ``engine.y`` with back-pressure.
+    A column leaves the holding register when it is full and the fetch stage advances; when
+    the last of ``hold_cnt`` columns leaves, ``hold_full`` and ``hold_resv`` fall. ``take``, a
+    ``Signal`` of the caller if given, is driven high in those cycles (a shift chain's enable).
+
+    Latency: ``1 + PipelinedRequantizer.LATENCY`` (7) cycles from ``take`` to ``y.valid``, one
+    column per cycle while ``y`` is ready.
+
+    Returns
+    -------
+    tuple of Value
+        The drain's valid flags (fetch stage, requantizer, ``y``): all low when it holds no
+        column.
+    """
+    m.submodules.rq = rq = PipelinedRequantizer(engine.acc_width, engine.act_bits)
+    wiring.connect(m, rq.o, wiring.flipped(engine.y))
+    di = Signal(range(engine.lanes))
+    f_valid = Signal()
+    f_acc = Signal(signed(engine.acc_width))
+    f_adv = ~f_valid | rq.i.ready
+    if take is None:
+        take = hold_full & f_adv
+    else:
+        m.d.comb += take.eq(hold_full & f_adv)
+    p_r = pmem.read_port()
+    m.d.comb += [
+        p_r.addr.eq(hold_col + di),
+        p_r.en.eq(f_adv),
+        rq.i.valid.eq(f_valid),
+        rq.i.payload.acc.eq(f_acc),
+        rq.i.payload.params.eq(p_r.data),
+    ]
+    with m.If(f_adv):
+        m.d.sync += [f_valid.eq(hold_full), f_acc.eq(column(di))]
+    with m.If(take):
+        with m.If(di == hold_cnt - 1):
+            m.d.sync += [di.eq(0), hold_full.eq(0), hold_resv.eq(0)]
+        with m.Else():
+            m.d.sync += di.eq(di + 1)
+    return f_valid, rq.busy, engine.y.valid
+
+
+def linear_job_control(m, engine, *, issuing, in_flight, sample, flags):
+    """The ``start``/``busy``/``done`` handshake of a linear engine (no latency of its own).
+
+    While ``busy`` is low, ``start`` high samples the job at the next edge: the statements
+    ``sample`` (job registers, counters), ``issuing`` (rows remain to be issued) set unless the
+    job is empty (``m``, ``k`` or ``n`` is 0), ``busy`` set, and the statements
+    ``flags(empty)`` (position flags). Once busy, in the first cycle ``issuing`` and the flags
+    ``in_flight`` (pipeline stages, holding register, drain) are all low, ``busy`` falls and
+    ``done`` is high for one cycle; an empty job so ends two cycles after ``start``.
+    """
+    idle = ~issuing
+    for flag in in_flight:
+        idle = idle & ~flag
+    with m.If(~engine.busy):
+        with m.If(engine.start):
+            empty = (engine.m == 0) | (engine.k == 0) | (engine.n == 0)
+            m.d.sync += [*sample, issuing.eq(~empty), engine.busy.eq(1), *flags(empty)]
+    with m.Elif(idle):
+        m.d.sync += [engine.busy.eq(0), engine.done.eq(1)]
+    with m.If(engine.done):
+        m.d.sync += engine.done.eq(0)
+
+
 class LinearEngine(wiring.Component):
     """Streaming int8 linear layer, ``mul`` weight encoding.
 
@@ -306,13 +380,10 @@ class LinearEngine(wiring.Component):
             shape=unsigned(L * self.weight_bits), depth=self.weight_depth, init=[])
         m.submodules.xbuf = xbuf = memory.Memory(
             shape=signed(self.act_bits), depth=self.max_k, init=[])
-        m.submodules.pmem = pmem = memory.Memory(
-            shape=self.params_layout, depth=self.max_n, init=[])
 
         w_w = wmem.write_port(granularity=self.weight_bits)
         drive_write_port(m, w_w, self.w_wr)
-        p_w = pmem.write_port()
-        drive_write_port(m, p_w, self.p_wr)
+        pmem = params_memory(m, self)
         w_r = wmem.read_port()
         x_w = xbuf.write_port()
         x_r = xbuf.read_port()
@@ -438,48 +509,20 @@ class LinearEngine(wiring.Component):
             with m.If(last2):
                 m.d.sync += [hold_full.eq(1), hold_col.eq(col2), hold_cnt.eq(cnt2)]
 
-        # --- drain: holding register -> requantizer -> y -------------------------------------
-        m.submodules.rq = rq = PipelinedRequantizer(self.acc_width, self.act_bits)
-        wiring.connect(m, rq.o, wiring.flipped(self.y))
-        # Fetch stage: picks column ``di`` of the holding register and reads its parameters
-        # (synchronous read, so they can live in block RAM).
-        di = Signal(range(L))
-        f_valid = Signal()
-        f_acc = Signal(signed(self.acc_width))
-        f_adv = ~f_valid | rq.i.ready
-        take = hold_full & f_adv
-        p_r = pmem.read_port()
-        m.d.comb += [
-            p_r.addr.eq(hold_col + di),
-            p_r.en.eq(f_adv),
-            rq.i.valid.eq(f_valid),
-            rq.i.payload.acc.eq(f_acc),
-            rq.i.payload.params.eq(p_r.data),
-        ]
-        with m.If(f_adv):
-            m.d.sync += [f_valid.eq(hold_full), f_acc.eq(Array(hold)[di])]
-        with m.If(take):
-            with m.If(di == hold_cnt - 1):
-                m.d.sync += [di.eq(0), hold_full.eq(0), hold_resv.eq(0)]
-            with m.Else():
-                m.d.sync += di.eq(di + 1)
+        # --- drain: holding register -> fetch (column ``di``) -> requantizer -> y --------------
+        draining = drain_columns(m, self, pmem=pmem, column=lambda di: Array(hold)[di],
+                                 hold_full=hold_full, hold_col=hold_col, hold_cnt=hold_cnt,
+                                 hold_resv=hold_resv)
 
         # --- job control ---------------------------------------------------------------------
-        idle_pipe = ~issuing & ~v1 & ~v2a & ~v2 & ~hold_resv & ~f_valid & ~rq.busy & ~self.y.valid
-        with m.If(~self.busy):
-            with m.If(self.start):
-                empty = (self.m == 0) | (self.k == 0) | (self.n == 0)
-                m.d.sync += [
-                    job_m.eq(self.m), job_k.eq(self.k), job_n.eq(self.n),
-                    row.eq(0), kk.eq(0), col.eq(0), wbase.eq(0),
-                    issuing.eq(~empty), self.busy.eq(1),
-                    k_left.eq(self.k), n_left.eq(self.n), m_left.eq(self.m),
-                    last_k.eq(self.k == 1), k_is_1.eq(self.k == 1),
-                    last_group.eq(self.n <= L), n_in_1.eq(self.n <= L),
-                    last_row.eq(self.m == 1), group0.eq(1),
-                ]
-        with m.Elif(idle_pipe):
-            m.d.sync += [self.busy.eq(0), self.done.eq(1)]
-        with m.If(self.done):
-            m.d.sync += self.done.eq(0)
+        linear_job_control(
+            m, self, issuing=issuing, in_flight=[v1, v2a, v2, hold_resv, *draining],
+            sample=[job_m.eq(self.m), job_k.eq(self.k), job_n.eq(self.n),
+                    row.eq(0), kk.eq(0), col.eq(0), wbase.eq(0)],
+            flags=lambda empty: [
+                k_left.eq(self.k), n_left.eq(self.n), m_left.eq(self.m),
+                last_k.eq(self.k == 1), k_is_1.eq(self.k == 1),
+                last_group.eq(self.n <= L), n_in_1.eq(self.n <= L),
+                last_row.eq(self.m == 1), group0.eq(1),
+            ])
         return m

@@ -24,34 +24,40 @@ final XOR) over every byte of the frame from the sync byte to the end of the pay
 Opcodes (:class:`Op`)
 ---------------------
 ``IDENT``
-    No payload. Response payload: :data:`IDENT_FIELDS` (magic, version, the key parameters of
-    the design), so the host can check that it talks to the design it expects.
+    No payload. Response payload: the link's parameters and the table of units (see below),
+    so that the host can check that it talks to the design it expects.
 ``WRITE``
-    Payload = bytes to write at byte address ``addr`` of ``space``. Word spaces (weights,
-    params) need ``addr`` and ``len`` to be multiples of the space's word size in bytes.
+    Payload = bytes to write at byte address ``addr`` of ``space``. Word spaces (the units'
+    spaces) need ``addr`` and ``len`` to be multiples of the space's word size in bytes.
     The payload is staged on chip and committed only after the CRC of the whole frame checks.
 ``READ``
     Payload = ``count:u16``. Response payload: ``count`` bytes from ``addr`` of ``space``
     (readable spaces: activations, outputs).
 ``RUN``
-    Payload = :data:`DESCRIPTOR_FIELDS` (m, k, n, x_addr, y_addr as u32). Checks the descriptor,
-    starts the job and answers at once; poll ``STATUS`` until ``busy`` clears. A design without
-    a linear engine (``IDENT`` ``mode`` = :data:`MODE_NONE`) answers :attr:`Status.OPCODE`.
+    ``space`` = the unit's index in the ``IDENT`` table; payload = the unit's descriptor (its
+    kind's ``descriptor`` layout, :mod:`amaformer.hdl.registry`). The unit checks the
+    descriptor (:attr:`Status.DESCRIPTOR` if it refuses it), starts the job and the link answers
+    at once; poll ``STATUS`` until ``busy`` clears. No unit at that index:
+    :attr:`Status.UNIT`; a payload that is not the unit's descriptor size: :attr:`Status.LENGTH`.
 ``STATUS``
     No payload. Response payload: :data:`STATUS_FIELDS`.
 ``ABORT``
-    No payload. Resets the engines and the job state (memories keep their contents; an open
+    No payload. Resets the units and the job state (memories keep their contents; an open
     ``linear_causal`` sequence is closed).
-``RUN_ATTENTION``
-    Payload = :data:`ATT_DESCRIPTOR_FIELDS`. Only on a design with an attention unit (``IDENT``
-    ``att_mode`` != :data:`ATT_NONE`; otherwise :attr:`Status.OPCODE`). Q, K, V are
-    ``heads×tokens×dim`` int8, head-major then row-major, at ``q_addr``, ``k_addr``, ``v_addr`` of
-    :attr:`Space.ACT`; the output (same shape) goes to ``o_addr`` of :attr:`Space.OUT`. Per-head
-    parameters come from :attr:`Space.HEADS` (:data:`HEAD_PARAM_FIELDS`); ``mask`` is one of
-    :data:`ATT_MASKS` (sparse: the image of :func:`keep_mask_image` at ``mask_addr`` of
-    :attr:`Space.ACT`); ``flags`` bit 0 (``linear_causal`` only, one head) continues the
-    previous sequence instead of starting a new one. Checked like ``RUN``
-    (:attr:`Status.DESCRIPTOR`), then polled with ``STATUS``.
+
+Spaces
+------
+:attr:`Space.ACT` (activation memory, read/write) and :attr:`Space.OUT` (output memory, read
+only) belong to the link; unit ``i``'s write space ``j`` (in its kind's ``spaces`` order) is
+:func:`unit_space(i, j) <unit_space>` = ``0x10·(i + 1) + j``, write only, in words of the size
+its ``IDENT`` record gives.
+
+``IDENT`` (version 4)
+---------------------
+:data:`LINK_IDENT_FIELDS` (magic, version, the number of units, the memories, the payload
+limit, the clock and the baud rate), then per unit :data:`UNIT_HEADER_FIELDS` (kind code, its
+index, the bytes of its record) and its kind's record (:func:`pack_ident`,
+:func:`unpack_ident`). A design may hold any set of units, several of one kind.
 
 Error handling
 --------------
@@ -69,20 +75,18 @@ from amaranth.lib.crc import catalog
 
 __all__ = ["Op", "Status", "Space", "CRC16", "crc16", "REQ_SYNC", "RSP_SYNC",
            "REQ_HEADER_BYTES", "RSP_HEADER_BYTES", "IDENT_MAGIC", "PROTOCOL_VERSION",
-           "IDENT_FIELDS", "STATUS_FIELDS", "DESCRIPTOR_FIELDS", "MODE_CODES", "MODE_NONE",
-           "word_bytes", "encode_request", "encode_response", "pack_fields", "unpack_fields",
-           "fields_size", "ProtocolError", "parse_response", "ATT_DESCRIPTOR_FIELDS",
-           "ATT_MODE_CODES", "ATT_NONE", "ATT_MASKS", "ATT_FLAG_CONTINUE", "HEAD_PARAM_FIELDS",
-           "head_param_word", "keep_mask_image"]
+           "LINK_IDENT_FIELDS", "UNIT_HEADER_FIELDS", "STATUS_FIELDS", "unit_space",
+           "pack_ident", "unpack_ident", "word_bytes", "encode_request", "encode_response",
+           "pack_fields", "unpack_fields", "fields_size", "ProtocolError", "parse_response"]
 
 REQ_SYNC = 0xA5             #: first byte of every request
 RSP_SYNC = 0x5A             #: first byte of every response
 REQ_HEADER_BYTES = 9        #: sync, op, space, addr (4), len (2)
 RSP_HEADER_BYTES = 5        #: sync, status, op, len (2)
 IDENT_MAGIC = b"AMAF"
-#: 2: attention (RUN_ATTENTION, Space.HEADS, IDENT att_*); 3: IDENT lin_inputs (products per
-#: lane and cycle of a ``shift`` engine, which set its weight-word layout and word count)
-PROTOCOL_VERSION = 3
+#: 2: attention; 3: IDENT lin_inputs; 4: units: IDENT as a table of units, RUN addressed to a
+#: unit by ``space``, unit write spaces ``0x10·(i + 1) + j``
+PROTOCOL_VERSION = 4
 
 #: The frame CRC, used by both sides: ``CRC16.compute(bytes)`` on the host,
 #: ``CRC16.create()`` (a :class:`amaranth.lib.crc.Processor`) in the gateware.
@@ -97,7 +101,6 @@ class Op(enum.IntEnum, shape=8):
     RUN    = 0x04
     STATUS = 0x05
     ABORT  = 0x06
-    RUN_ATTENTION = 0x07
 
 
 class Status(enum.IntEnum, shape=8):
@@ -110,111 +113,87 @@ class Status(enum.IntEnum, shape=8):
     DESCRIPTOR = 0x05   #: a job descriptor out of range (dimensions, buffers, weight words)
     BUSY       = 0x06   #: a job is running; memories and RUN are unavailable until it ends
     LENGTH     = 0x07   #: payload longer than the staging buffer, or wrong for the opcode
+    UNIT       = 0x08   #: RUN addressed to a unit index the design does not have
 
 
 class Space(enum.IntEnum, shape=8):
-    """Address spaces (memory map). Addresses are byte addresses within a space."""
-    WEIGHTS = 0x00  #: engine weight buffer, words of ``lanes·weight_bits`` bits (write only)
-    PARAMS  = 0x01  #: per-column requantization words (bias, mult, shift) (write only)
+    """The link's address spaces. Addresses are byte addresses within a space; units' write
+    spaces are :func:`unit_space`."""
     ACT     = 0x02  #: activation input memory, one signed byte per element
     OUT     = 0x03  #: output memory, one signed byte per element (read only)
-    HEADS   = 0x04  #: per-head attention parameters, :data:`HEAD_PARAM_FIELDS` (write only)
-    CONV    = 0x05  #: ``linear_causal`` convolution weights, one int8 per byte (write only)
 
 
-#: Engine modes as reported by ``IDENT``; :data:`MODE_NONE` without a linear engine
-#: (``linear.enabled = false``: ``RUN`` answers :attr:`Status.OPCODE`).
-MODE_CODES = {"mul": 0, "shift": 1, "bcq": 2, "attention": 3}
-MODE_NONE = 255
+def unit_space(index, j):
+    """Wire code of write space ``j`` of unit ``index`` (both from 0)."""
+    if not 0 <= index < 15:
+        raise ValueError(f"unit index must be an integer in [0, 14], not {index!r}")
+    if not 0 <= j < 16:
+        raise ValueError(f"space index must be an integer in [0, 15], not {j!r}")
+    return 0x10 * (index + 1) + j
 
-#: ``IDENT`` payload, in order: (name, struct format).
-IDENT_FIELDS = (
-    ("magic", "4s"), ("version", "B"), ("mode", "B"), ("lanes", "B"), ("act_bits", "B"),
-    ("weight_bits", "B"), ("weight_word_bytes", "B"), ("param_word_bytes", "B"),
-    ("max_k", "I"), ("max_n", "I"), ("max_m", "I"), ("weight_depth", "I"),
-    ("act_depth", "I"), ("out_depth", "I"), ("max_payload", "H"), ("clk_hz", "I"),
-    ("baud", "I"),
-    # attention unit (version 2): att_mode is ATT_NONE without one; att_masks has bit i set when
-    # mask kind i of ATT_MASKS is supported
-    ("att_mode", "B"), ("att_lanes", "B"), ("att_masks", "B"), ("att_head_word_bytes", "B"),
-    ("att_heads", "H"), ("att_head_dim", "H"), ("att_max_tokens", "I"),
-    ("att_conv_taps", "B"),
-    # version 3: linear engine inputs per lane and cycle (``shift``: g = linear.shift_inputs;
-    # 1 for the other modes and without a linear engine)
-    ("lin_inputs", "B"),
+
+#: ``IDENT`` payload, first part: (name, struct format).
+LINK_IDENT_FIELDS = (
+    ("magic", "4s"), ("version", "B"), ("units", "B"), ("act_depth", "I"), ("out_depth", "I"),
+    ("max_payload", "H"), ("clk_hz", "I"), ("baud", "I"),
 )
+#: ``IDENT`` payload, per unit, before its kind's record.
+UNIT_HEADER_FIELDS = (("kind", "B"), ("index", "B"), ("record_bytes", "B"))
 #: ``STATUS`` payload: flags bit 0 = busy, bit 1 = the last job was aborted;
 #: ``last_error`` = the status of the last error response (0 if none since reset);
 #: ``cycles`` = clock cycles of the last job, start edge to done edge; ``jobs`` = jobs completed;
 #: ``rx_errors`` = UART framing errors seen (saturating).
 STATUS_FIELDS = (("flags", "B"), ("last_error", "B"), ("cycles", "I"), ("jobs", "H"),
                  ("rx_errors", "H"))
-#: ``RUN`` payload: job ``M×K @ K×N``, X read row-major from ``x_addr`` of :attr:`Space.ACT`,
-#: Y written row-major to ``y_addr`` of :attr:`Space.OUT`.
-DESCRIPTOR_FIELDS = (("m", "I"), ("k", "I"), ("n", "I"), ("x_addr", "I"), ("y_addr", "I"))
 
 FLAG_BUSY = 1
 FLAG_ABORTED = 2
 
-#: Attention unit kinds as reported by ``IDENT`` ``att_mode``.
-ATT_MODE_CODES = {"softmax": 0, "linear_causal": 1, "linear_angular": 2}
-ATT_NONE = 255
-#: ``RUN_ATTENTION`` mask kinds (the ``mask`` field).
-ATT_MASKS = {"dense": 0, "causal": 1, "sparse": 2}
-#: ``RUN_ATTENTION`` flags bit: continue the running state (``linear_causal``).
-ATT_FLAG_CONTINUE = 1
-#: ``RUN_ATTENTION`` payload: ``heads×tokens×dim`` Q, K, V in :attr:`Space.ACT`, output in
-#: :attr:`Space.OUT`, mask kind, flags, sparse keep image address.
-ATT_DESCRIPTOR_FIELDS = (("heads", "H"), ("mask", "B"), ("flags", "B"), ("tokens", "H"),
-                         ("dim", "H"), ("q_addr", "I"), ("k_addr", "I"), ("v_addr", "I"),
-                         ("o_addr", "I"), ("mask_addr", "I"))
-#: One word of :attr:`Space.HEADS` per head, fields from the least significant bit: (name,
-#: bits). ``softmax``: logit ``x = rs(score·score_mult, score_shift)``, output
-#: ``rs(t·out_mult, out_shift)``; ``linear_causal``: ``out_mult``/``out_shift``, and the
-#: convolution's ``(conv_mult, conv_shift)`` in the score fields (with ``att_conv_taps > 0``);
-#: ``linear_angular``: ``(half_mult, half_shift)`` of ``0.5·V`` in the score fields and
-#: ``(ang_mult, ang_shift)`` of ``q̂(k̂ᵀV)`` in the out fields.
-HEAD_PARAM_FIELDS = (("score_mult", 16), ("score_shift", 6), ("out_mult", 16), ("out_shift", 6))
+
+def pack_ident(link, units):
+    """The ``IDENT`` payload: ``link`` a dict of :data:`LINK_IDENT_FIELDS` (without ``magic``,
+    ``version`` and ``units``), ``units`` a list of ``(kind code, record bytes)``."""
+    out = pack_fields(LINK_IDENT_FIELDS, {**link, "magic": IDENT_MAGIC,
+                                          "version": PROTOCOL_VERSION, "units": len(units)})
+    for index, (code, record) in enumerate(units):
+        out += pack_fields(UNIT_HEADER_FIELDS, {"kind": code, "index": index,
+                                                "record_bytes": len(record)}) + bytes(record)
+    return out
 
 
-def head_param_word(score_mult=0, score_shift=0, out_mult=0, out_shift=0):
-    """The :attr:`Space.HEADS` word of one head (an int of 44 bits; 8 bytes on the wire)."""
-    values = dict(score_mult=score_mult, score_shift=score_shift, out_mult=out_mult,
-                  out_shift=out_shift)
-    word, pos = 0, 0
-    for name, bits in HEAD_PARAM_FIELDS:
-        v = int(values[name])
-        if not 0 <= v < (1 << bits):
-            raise ValueError(f"{name} must be an integer in [0, {(1 << bits) - 1}], not {v!r}")
-        word |= v << pos
-        pos += bits
-    return word
+def unpack_ident(data):
+    """Inverse of :func:`pack_ident`: ``(link dict, [(kind code, index, record bytes), ...])``.
 
-
-def keep_mask_image(keep, lanes):
-    """Bytes of a sparse keep mask as ``RUN_ATTENTION`` reads it from :attr:`Space.ACT`.
-
-    ``keep`` is ``N×N`` (nested sequences or a tensor/array of bools, row = query, True =
-    attend), shared by every head. Per block of ``lanes`` query rows (``ceil(N/lanes)`` blocks,
-    ``2 + N`` bytes each): the index of the last key the device must send (u16, little-endian;
-    the block's last kept key), then one byte per key ``j`` whose bit ``r`` says whether row
-    ``row0 + r`` keeps ``j``. Keys whose byte is zero are skipped (never computed). Needs
-    ``lanes <= 8``.
+    Raises
+    ------
+    ProtocolError
+        Wrong magic or version, or a table that does not add up.
     """
-    rows = [[bool(x) for x in row] for row in (keep.tolist() if hasattr(keep, "tolist")
-                                                 else keep)]
-    n = len(rows)
-    if not 1 <= lanes <= 8:
-        raise ValueError(f"lanes must be an integer in [1, 8] for a sparse mask, not {lanes!r}")
-    if any(len(r) != n for r in rows):
-        raise ValueError("keep must be a square N×N mask")
-    out = bytearray()
-    for row0 in range(0, n, lanes):
-        block = rows[row0:row0 + lanes]
-        masks = [sum(1 << r for r, row in enumerate(block) if row[j]) for j in range(n)]
-        kept = [j for j, mk in enumerate(masks) if mk]
-        out += (kept[-1] if kept else 0).to_bytes(2, "little") + bytes(masks)
-    return bytes(out)
+    data = bytes(data)
+    head = fields_size(LINK_IDENT_FIELDS)
+    if len(data) < head:
+        raise ProtocolError(f"IDENT payload too short ({len(data)} bytes)")
+    link = unpack_fields(LINK_IDENT_FIELDS, data[:head])
+    if link["magic"] != IDENT_MAGIC:
+        raise ProtocolError(f"not an amaformer device (IDENT magic {link['magic']!r})")
+    if link["version"] != PROTOCOL_VERSION:
+        raise ProtocolError(f"protocol version must be {PROTOCOL_VERSION}, not "
+                            f"{link['version']} (rebuild the design or update the host)")
+    pos, units = head, []
+    uh = fields_size(UNIT_HEADER_FIELDS)
+    for _ in range(link["units"]):
+        if pos + uh > len(data):
+            raise ProtocolError("IDENT unit table truncated")
+        u = unpack_fields(UNIT_HEADER_FIELDS, data[pos:pos + uh])
+        pos += uh
+        record = data[pos:pos + u["record_bytes"]]
+        if len(record) != u["record_bytes"]:
+            raise ProtocolError("IDENT unit record truncated")
+        pos += u["record_bytes"]
+        units.append((u["kind"], u["index"], record))
+    if pos != len(data):
+        raise ProtocolError(f"IDENT payload has {len(data) - pos} bytes past its unit table")
+    return link, units
 
 
 class ProtocolError(Exception):
@@ -222,7 +201,7 @@ class ProtocolError(Exception):
 
 
 def fields_size(fields):
-    """Bytes taken by a field list such as :data:`IDENT_FIELDS`."""
+    """Bytes taken by a field list such as :data:`STATUS_FIELDS`."""
     return struct.calcsize("<" + "".join(f for _, f in fields))
 
 

@@ -25,16 +25,14 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
-from .common import RequantParams, check_int, drive_write_port, linear_engine_ports
-from .linear import PipelinedRequantizer
+from .common import (RequantParams, check_int, drive_write_port, linear_engine_ports,
+                     params_memory)
+from .linear import drain_columns, linear_job_control
+
+from .linear_spec import SHIFT_CODE_BITS, SHIFT_ZERO      # the weight code (wire format)
 
 __all__ = ["SHIFT_CODE_BITS", "SHIFT_ZERO", "ShiftEngine"]
 
-#: ``shift`` weight code: bits [0:3] = ``s`` for ``±2^s`` (``s`` < levels) or
-#: :data:`SHIFT_ZERO` for a zero weight; bit 3 = negative.
-SHIFT_CODE_BITS = 4
-#: Shift field of a zero weight.
-SHIFT_ZERO = 7
 
 
 class ShiftEngine(wiring.Component):
@@ -82,7 +80,7 @@ class ShiftEngine(wiring.Component):
         Weight buffer write port: word ``grp·ceil(K/g) + c`` holds the code of
         ``W[c·g + i, grp·lanes + j]`` in bits ``[4(j·g + i), 4(j·g + i) + 4)``
         (:data:`SHIFT_CODE_BITS`), the zero code past K and past N
-        (:func:`amaformer.gen.layout.pack_shift_weights`).
+        (:func:`amaformer.hdl.linear_layout.pack_shift_weights`).
 
     Latency: with X always valid and Y always ready, a job takes
     :func:`amaformer.gen.cost.shift_cycles` cycles from ``start`` to ``done`` (input-bound at
@@ -135,12 +133,10 @@ class ShiftEngine(wiring.Component):
         cb = ceil_log2(self.max_chunks)
         m.submodules.xbuf = xbuf = memory.Memory(
             shape=unsigned(G * ab), depth=2 << cb, init=[])
-        m.submodules.pmem = pmem = memory.Memory(shape=RequantParams, depth=self.max_n, init=[])
 
         w_w = wmem.write_port(granularity=SHIFT_CODE_BITS)
         drive_write_port(m, w_w, self.w_wr)
-        p_w = pmem.write_port()
-        drive_write_port(m, p_w, self.p_wr)
+        pmem = params_memory(m, self)
         w_r = wmem.read_port()
         x_w = xbuf.write_port(granularity=ab)
         x_r = xbuf.read_port()
@@ -321,49 +317,22 @@ class ShiftEngine(wiring.Component):
         with m.If(load):
             m.d.sync += hold_full.eq(1)
 
-        # --- drain: hold[0] -> fetch (parameters) -> requantizer -> y ------------------------
-        m.submodules.rq = rq = PipelinedRequantizer(self.acc_width, self.act_bits)
-        wiring.connect(m, rq.o, wiring.flipped(self.y))
-        di = Signal(range(L))
-        f_valid = Signal()
-        f_acc = Signal(signed(self.acc_width))
-        f_adv = ~f_valid | rq.i.ready
-        m.d.comb += take.eq(hold_full & f_adv)
-        p_r = pmem.read_port()
-        m.d.comb += [
-            p_r.addr.eq(hold_col + di),
-            p_r.en.eq(f_adv),
-            rq.i.valid.eq(f_valid),
-            rq.i.payload.acc.eq(f_acc),
-            rq.i.payload.params.eq(p_r.data),
-        ]
-        with m.If(f_adv):
-            m.d.sync += [f_valid.eq(hold_full), f_acc.eq(lanes[0][0] + lanes[0][1])]
-        with m.If(take):
-            with m.If(di == hold_cnt - 1):
-                m.d.sync += [di.eq(0), hold_full.eq(0), hold_resv.eq(0)]
-            with m.Else():
-                m.d.sync += di.eq(di + 1)
+        # --- drain: hold[0] (the chain's head, plus its deferred +1) -> fetch -> requantizer ----
+        draining = drain_columns(m, self, pmem=pmem, column=lambda di: lanes[0][0] + lanes[0][1],
+                                 hold_full=hold_full, hold_col=hold_col, hold_cnt=hold_cnt,
+                                 hold_resv=hold_resv, take=take)
 
         # --- job control ---------------------------------------------------------------------
         # ``hold_resv`` is raised by the job's last issue and drops only after its drain.
-        idle_pipe = ~issuing & ~hold_resv & ~f_valid & ~rq.busy & ~self.y.valid
-        with m.If(~self.busy):
-            with m.If(self.start):
-                empty = (self.m == 0) | (self.k == 0) | (self.n == 0)
-                m.d.sync += [
-                    job_k.eq(self.k), job_n.eq(self.n),
-                    ci.eq(0), col.eq(0), wbase.eq(0),
-                    issuing.eq(~empty), self.busy.eq(1),
-                    n_left.eq(self.n), m_left.eq(self.m),
-                    k_is_1.eq(self.k == 1),
-                    last_group.eq(self.n <= L), n_in_1.eq(self.n <= L),
-                    last_row.eq(self.m == 1), group0.eq(1), row0.eq(1), rh.eq(0),
-                    wi.eq(0), wc.eq(0), wk_left.eq(self.k), wlast.eq(self.k == 1),
-                    wh.eq(0), ahead.eq(0), wfull.eq(0), wactive.eq(~empty),
-                ]
-        with m.Elif(idle_pipe):
-            m.d.sync += [self.busy.eq(0), self.done.eq(1)]
-        with m.If(self.done):
-            m.d.sync += self.done.eq(0)
+        linear_job_control(
+            m, self, issuing=issuing, in_flight=[hold_resv, *draining],
+            sample=[job_k.eq(self.k), job_n.eq(self.n), ci.eq(0), col.eq(0), wbase.eq(0)],
+            flags=lambda empty: [
+                n_left.eq(self.n), m_left.eq(self.m),
+                k_is_1.eq(self.k == 1),
+                last_group.eq(self.n <= L), n_in_1.eq(self.n <= L),
+                last_row.eq(self.m == 1), group0.eq(1), row0.eq(1), rh.eq(0),
+                wi.eq(0), wc.eq(0), wk_left.eq(self.k), wlast.eq(self.k == 1),
+                wh.eq(0), ahead.eq(0), wfull.eq(0), wactive.eq(~empty),
+            ])
         return m

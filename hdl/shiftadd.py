@@ -4,7 +4,7 @@ weights, table query and add).
 Both have the ports and job semantics of :class:`~amaformer.hdl.linear.LinearEngine` (``x``,
 ``y``, ``start``, ``m``, ``k``, ``n``, ``busy``, ``done``, ``w_wr``, ``p_wr``), so the top and the
 host drive any of the three the same way; only the weight-buffer image differs
-(:mod:`amaformer.gen.layout`). Neither instantiates a multiplier: the only ``*`` left is the
+(:mod:`amaformer.hdl.linear_layout`). Neither instantiates a multiplier: the only ``*`` left is the
 requantizer's one per engine (``acc · M``), shared with ``mul``.
 """
 
@@ -12,26 +12,15 @@ from amaranth import *
 from amaranth.lib import memory, wiring
 from amaranth.utils import ceil_log2
 
-from .common import RequantParams, check_int, drive_write_port, linear_engine_ports
+from .memories import SPRAM_WORDS, is_ice40_up, spram_block
+from .common import check_int, drive_write_port, linear_engine_ports, params_memory
 from .linear import PipelinedRequantizer
+from .linear_spec import ALPHA_CODE_BITS, ALPHA_EXP_MAX, ALPHA_TERMS   # the α code
 from .shift import SHIFT_CODE_BITS, SHIFT_ZERO, ShiftEngine
 
 __all__ = ["SHIFT_CODE_BITS", "SHIFT_ZERO", "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS",
            "ShiftEngine", "BcqEngine", "make_shiftadd_engine"]
 
-#: ``bcq`` α: at most this many signed powers of two ...
-ALPHA_TERMS = 3
-#: ... with exponents 0 .. ALPHA_EXP_MAX. One term is 5 bits: [0:3] exponent, 3 negative,
-#: 4 enable; term ``t`` sits at bits ``[5t, 5t+5)`` of a 16-bit α code.
-ALPHA_EXP_MAX = 7
-ALPHA_CODE_BITS = 16
-#: 16-bit words of one iCE40 ``SB_SPRAM256KA`` (the ``bcq`` α memory with ``spram``).
-SPRAM_WORDS = 16384
-
-
-def _is_ice40_up(platform):
-    return (platform is not None and str(getattr(platform, "family", "")).lower() == "ice40"
-            and str(getattr(platform, "device", "")).upper().startswith("ICE40UP"))
 
 
 class BcqEngine(wiring.Component):
@@ -84,7 +73,7 @@ class BcqEngine(wiring.Component):
     w_wr : ``In(MemWriteSignature(weight_depth, 8·slots + 16, 8))``
         Weight buffer write port. Word ``(c·N + n)·planes + i`` holds, in byte ``s``, the plane-i
         bits of column n for inputs ``c·8·slots + t·slots + s`` (bit t), and the α code in bits
-        ``[8·slots, 8·slots + 16)`` (:func:`amaformer.gen.layout.pack_bcq_weights`).
+        ``[8·slots, 8·slots + 16)`` (:func:`amaformer.hdl.linear_layout.pack_bcq_weights`).
 
     Latency: with X always valid and Y always ready, a job takes
     :func:`amaformer.gen.cost.bcq_cycles` cycles from ``start`` to ``done``.
@@ -122,7 +111,7 @@ class BcqEngine(wiring.Component):
     def uses_spram(self, platform):
         """Whether the α codes go to an iCE40 ``SB_SPRAM256KA`` (see ``spram``)."""
         if self.spram is None:
-            return _is_ice40_up(platform) and self.weight_depth <= SPRAM_WORDS
+            return is_ice40_up(platform) and self.weight_depth <= SPRAM_WORDS
         return self.spram
 
     def elaborate(self, platform):
@@ -138,7 +127,6 @@ class BcqEngine(wiring.Component):
         plane_bits = 8 * S if spram else self.word_width
         m.submodules.wmem = wmem = memory.Memory(
             shape=unsigned(plane_bits), depth=self.weight_depth, init=[])
-        m.submodules.pmem = pmem = memory.Memory(shape=RequantParams, depth=self.max_n, init=[])
         m.submodules.amem = amem = memory.Memory(
             shape=signed(self.acc_width), depth=self.max_n, init=[])
         tables = []
@@ -153,8 +141,7 @@ class BcqEngine(wiring.Component):
                          w_w.en.eq(self.w_wr.en[:S])]
         else:
             drive_write_port(m, w_w, self.w_wr)
-        p_w = pmem.write_port()
-        drive_write_port(m, p_w, self.p_wr)
+        pmem = params_memory(m, self)
         w_r = wmem.read_port()
         p_r = pmem.read_port()
         a_r = amem.read_port()
@@ -236,13 +223,10 @@ class BcqEngine(wiring.Component):
             a_we = a_en.any()
             sp_addr = Signal(14)
             m.d.comb += sp_addr.eq(Mux(a_we, self.w_wr.addr, wa))
-            m.submodules.alpha_spram = Instance(
-                "SB_SPRAM256KA",
-                i_ADDRESS=sp_addr,
-                i_DATAIN=self.w_wr.data[8 * S:8 * S + ALPHA_CODE_BITS],
-                i_MASKWREN=Cat(a_en[0], a_en[0], a_en[1], a_en[1]), i_WREN=a_we,
-                i_CHIPSELECT=a_we | adv, i_CLOCK=ClockSignal(), i_STANDBY=0, i_SLEEP=0,
-                i_POWEROFF=1, o_DATAOUT=alpha1)
+            m.submodules.alpha_spram = spram_block(
+                addr=sp_addr, data_in=self.w_wr.data[8 * S:8 * S + ALPHA_CODE_BITS],
+                mask=Cat(a_en[0], a_en[0], a_en[1], a_en[1]), we=a_we, select=a_we | adv,
+                data_out=alpha1)
         else:
             m.d.comb += alpha1.eq(w_r.data[8 * S:8 * S + ALPHA_CODE_BITS])
         n1 = Signal.like(qn)

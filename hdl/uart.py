@@ -28,14 +28,19 @@ def baud_divisor(clk_hz, baud):
     return div
 
 
+class _UART8N1(wiring.Component):
+    """Common constructor of :class:`UARTRx` and :class:`UARTTx`: one bit time is ``divisor``
+    clock cycles (at least 4, checked here; ``ValueError`` naming the value otherwise)."""
 
-def _check_divisor(component, divisor):
-    """Refuse a baud divisor below 4 clocks per bit (``ValueError`` naming the value)."""
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 4:
-        component._MustUse__silence = True      # never elaborated: no "unused" warning
-        raise ValueError(f"divisor must be an integer >= 4, not {divisor!r}")
+    def __init__(self, divisor):
+        if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 4:
+            self._MustUse__silence = True       # never elaborated: no "unused" warning
+            raise ValueError(f"divisor must be an integer >= 4, not {divisor!r}")
+        self.divisor = divisor
+        super().__init__()
 
-class UARTRx(wiring.Component):
+
+class UARTRx(_UART8N1):
     """8N1 receiver.
 
     The line is synchronized with two flip-flops. A falling edge starts a frame; the start bit
@@ -45,7 +50,7 @@ class UARTRx(wiring.Component):
     Parameters
     ----------
     divisor : int
-        Clock cycles per bit (at least 4).
+        Clock cycles per bit (at least 4); the start bit is checked after ``divisor // 2``.
 
     Members
     -------
@@ -66,11 +71,6 @@ class UARTRx(wiring.Component):
     rx: In(1, init=1)
     framing_error: Out(1)
     overrun: Out(1)
-
-    def __init__(self, divisor):
-        _check_divisor(self, divisor)
-        self.divisor = divisor
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()
@@ -119,13 +119,13 @@ class UARTRx(wiring.Component):
         return m
 
 
-class UARTTx(wiring.Component):
+class UARTTx(_UART8N1):
     """8N1 transmitter.
 
     Parameters
     ----------
     divisor : int
-        Clock cycles per bit (at least 4).
+        Clock cycles per bit (at least 4), start and stop bits included.
 
     Members
     -------
@@ -139,11 +139,6 @@ class UARTTx(wiring.Component):
 
     i: In(stream.Signature(8))
     tx: Out(1, init=1)
-
-    def __init__(self, divisor):
-        _check_divisor(self, divisor)
-        self.divisor = divisor
-        super().__init__()
 
     def elaborate(self, platform):
         m = Module()

@@ -1,6 +1,6 @@
 """amaformer.host: the driver (Device over a Transport: serial link or simulated device)."""
 
-from .device import Device, DeviceError, DeviceInfo, DeviceStatus, DeviceTimeout
+from .device import Device, DeviceError, DeviceInfo, DeviceStatus, DeviceTimeout, UnitInfo
 from .transport import SerialTransport, Transport
 
 
@@ -11,5 +11,5 @@ def __getattr__(name):
     raise AttributeError(name)
 
 
-__all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceInfo", "DeviceStatus",
+__all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceInfo", "DeviceStatus", "UnitInfo",
            "Transport", "SerialTransport", "SimTransport"]

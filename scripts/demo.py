@@ -73,8 +73,9 @@ def main(argv=None):
     lut, lut_total, fmax = read_report(args.report)
 
     sim = dev.transport
-    print(f"device   {dev.info.lanes} lanes, {res.jobs} jobs, {res.cycles} cycles "
+    print(f"device   {dev.unit('linear').info.lanes} lanes, {res.jobs} jobs, {res.cycles} cycles "
           f"({sim.cycles} simulated in total, {wall:.0f} s wall)")
+    print(f"sim      {sim.summary()}")
     print(f"golden   device output == bit-exact golden model: {res.bit_exact}")
     print(f"float    relative error vs torch.nn.Linear: {res.rel_err_vs_float:.4f} "
           f"(cosine {res.cosine_vs_float:.5f})")
@@ -86,7 +87,7 @@ def main(argv=None):
     figures.update({
         "lut": lut, "lut_total": lut_total, "fmax_mhz": fmax, "tokens": int(x.shape[0]),
         "layer": "encoder.layer.0.attention.self.query", "k": 384, "n": args.cols,
-        "lanes": dev.info.lanes, "simulated_cycles": sim.cycles, "wall_seconds": round(wall, 1),
+        "lanes": dev.unit("linear").info.lanes, "simulated_cycles": sim.cycles, "wall_seconds": round(wall, 1),
     })
     if not args.no_modes:
         from amaformer.gen.run import compare_encodings

@@ -5,39 +5,27 @@ The engine's parameters come from ``AMAFORMER_ATTENTION`` (JSON: ``lanes``, ``ma
 ``max_tokens``, ``max_heads``), the seed from ``AMAFORMER_SEED``. Launched by
 ``sim_tests/test_attention_cocotb.py``; not collected by pytest itself.
 
-Drivers write inputs just after the falling edge and sample handshakes in the read-only phase
-of the same step, so what they see is what the next rising edge does. Unstalled jobs are also
-checked cycle for cycle against :func:`amaformer.hdl.attention.softmax_cycle_model`.
+The bench is a :class:`cocotb_tb.TB` (drivers on ``q`` and ``kv``, monitor and in-order checker
+on ``o``, pause patterns of :data:`cocotb_tb.FLOWS`). Unstalled jobs are also checked cycle for
+cycle against :func:`amaformer.hdl.attention.softmax_cycle_model`.
 """
 
 import json
 import os
-import random
-import zlib
 
 import cocotb
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from amaformer.gen.attention import (attention_softmax, causal_mask, random_mask,
                                      softmax_schedule, softmax_scales, softmax_streams)
 from amaformer.hdl.attention import HeadParams, softmax_cycle_model
-from cocotb_streams import StreamSink, StreamSource, bit
+from cocotb_tb import TB, labelled
 
 PARAMS = json.loads(os.environ.get("AMAFORMER_ATTENTION", "{}"))
 LANES = PARAMS.get("lanes", 4)
 MAX_DIM = PARAMS.get("max_dim", 16)
 MAX_TOKENS = PARAMS.get("max_tokens", 32)
 MAX_HEADS = PARAMS.get("max_heads", 2)
-SEED = int(os.environ.get("AMAFORMER_SEED", "0"))
-
-#: probability of an idle cycle before an input transfer, of ``o.ready`` low in a cycle
-FLOWS = {"free": (0.0, 0.0), "both": (0.3, 0.4)}
-
-
-def seed_of(name):
-    return (SEED * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF
 
 
 class Job:
@@ -78,95 +66,36 @@ class Job:
                                    softmax_schedule(self.n, LANES, self.keep))
 
 
-class TB:
-    """Clock, reset, head-parameter loader, ``q``/``kv`` drivers, ``o`` monitor with an
-    in-order checker, job control."""
+class AttentionTB(TB):
+    """One ``SoftmaxAttention``: Q beats on ``q``, K/V/mask beats on ``kv``, outputs on ``o``
+    against ``attention_softmax``; per-head scales written through ``hp_wr``."""
 
-    def __init__(self, dut, seed):
-        self.dut = dut
-        self.rng = random.Random(seed)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.errors = []
-        self.q = StreamSource(dut, "q", self.rng, reset=False)
-        self.kv = StreamSource(dut, "kv", self.rng, reset=False)
-        self.o = StreamSink(dut, "o", self.rng, self.errors, reset=False)
+    SOURCES = {"q": None, "kv": None}
+    SINK = "o"
+    CONTROLS = ("heads", "tokens", "dim", "hp_wr__en", "hp_wr__addr", "hp_wr__data")
+    HOLD_START = False
 
-    def set_flow(self, flow):
-        """Idle probability of both inputs and back-pressure probability of the output."""
-        self.q.idle, self.o.stall = FLOWS[flow]
-        self.kv.idle = self.q.idle
+    def controls(self, job):
+        return {"heads": job.heads, "tokens": job.n, "dim": job.d}
 
-    async def start(self):
-        Clock(self.dut.clk, 10, unit="ns").start()
-        d = self.dut
-        for sig in (d.q__valid, d.kv__valid, d.o__ready, d.start, d.heads, d.tokens, d.dim,
-                    d.hp_wr__en, d.hp_wr__addr, d.hp_wr__data, d.q__payload, d.kv__payload):
-            sig.value = 0
-        await FallingEdge(d.clk)
-        d.rst.value = 1
-        for _ in range(2):
-            await RisingEdge(d.clk)
-        await FallingEdge(d.clk)
-        d.rst.value = 0
-        self.q.start()
-        self.kv.start()
-        self.o.start()
+    def stimulus(self, job):
+        qb, kvb = job.streams()
+        mask = (1 << 8) - 1
+        # kv payload bits, LSB first: k (8), v (8), keep (lanes), last (1)
+        return {"q": qb, "kv": [(k & mask) | (v & mask) << 8 | keep << 16 | last << (16 + LANES)
+                                for k, v, keep, last in kvb]}
+
+    def model(self, job):
+        return labelled("O", job.expected())
+
+    def model_cycles(self, job):
+        return job.model_cycles()
 
     async def load_params(self, job):
-        d = self.dut
-        for h, (sm, ss, om, os_) in enumerate(job.params):
-            await FallingEdge(d.clk)
-            d.hp_wr__addr.value = h
-            d.hp_wr__data.value = HeadParams.const({"score_mult": sm, "score_shift": ss,
-                                                    "out_mult": om, "out_shift": os_}
-                                                   ).as_value().value
-            d.hp_wr__en.value = 1
-        await FallingEdge(d.clk)
-        d.hp_wr__en.value = 0
-
-    def queue(self, job, tag):
-        qb, kvb = job.streams()
-        self.q.queue.extend(qb)
-        mask = (1 << 8) - 1
-        # payload bits, LSB first: k (8), v (8), keep (lanes), last (1)
-        self.kv.queue.extend((k & mask) | (v & mask) << 8 | keep << 16 | last << (16 + LANES)
-                             for k, v, keep, last in kvb)
-        exp = job.expected()
-        self.o.expect.extend(((tag, h, r, c), int(exp[h, r, c])) for h in range(job.heads)
-                             for r in range(job.n) for c in range(job.d))
-
-    async def run(self, jobs, tags, check_cycles=False):
-        """Run ``jobs`` back to back (each started on the edge after the previous ``done``,
-        all inputs queued ahead); check outputs, and cycle counts if asked."""
-        d = self.dut
-        for job, tag in zip(jobs, tags):
-            self.queue(job, tag)
-        await FallingEdge(d.clk)
-        assert not bit(d.busy)
-        for i, (job, tag) in enumerate(zip(jobs, tags)):
-            d.heads.value, d.tokens.value, d.dim.value = job.heads, job.n, job.d
-            d.start.value = 1
-            await RisingEdge(d.clk)                      # samples start
-            await FallingEdge(d.clk)
-            d.start.value = 0
-            cycles = 1
-            model = job.model_cycles()
-            while True:
-                await ReadOnly()
-                if bit(d.done):
-                    break
-                assert cycles < 30 * model + 500, f"{tag}: no done after {cycles} cycles"
-                await RisingEdge(d.clk)
-                cycles += 1
-                await FallingEdge(d.clk)
-            assert not self.errors, f"{len(self.errors)} errors, first: {self.errors[:4]}"
-            assert not self.o.expect or self.o.expect[0][0][0] != tag, f"{tag}: outputs missing"
-            if check_cycles:
-                assert cycles == model, f"{tag}: {cycles} cycles, model {model}"
-            cocotb.log.info("%s: %d cycles (model %d)", tag, cycles, model)
-            if i + 1 < len(jobs):
-                await FallingEdge(d.clk)
-        assert not self.q.queue and not self.kv.queue, "inputs left over"
+        """Write the job's per-head scales into the head-parameter memory."""
+        fields = ("score_mult", "score_shift", "out_mult", "out_shift")
+        await self.write_mem("hp_wr", ((h, HeadParams.const(dict(zip(fields, p))).as_value().value)
+                                       for h, p in enumerate(job.params)))
 
 
 def cases():
@@ -187,26 +116,29 @@ def parse(case):
     return int(h[1:]), int(n[1:]), int(d[1:]), mk
 
 
+def case_flows():
+    """(case, flow) pairs: every case unstalled and with random pauses; the single-head cases
+    but the largest also with the deterministic pause pattern (back-to-back has it too)."""
+    pairs = [(c, f) for f in ("free", "both") for c in cases()]
+    return pairs + [(c, "cycle") for c in cases()[:-1] if parse(c)[0] == 1]
+
+
 @cocotb.test()
-@cocotb.parametrize(case=cases(), flow=list(FLOWS))
+@cocotb.parametrize((("case", "flow"), case_flows()))
 async def test_job(dut, case, flow):
     """One job against ``attention_softmax``; exact cycle count when unstalled."""
-    tb = TB(dut, seed_of(case + flow))
-    tb.set_flow(flow)
-    await tb.start()
+    tb = await AttentionTB.create(dut, case + flow, flow)
     job = Job(tb.gen, *parse(case))
     await tb.load_params(job)
-    await tb.run([job], [case], check_cycles=flow == "free")
+    await tb.run_job(job, case, check_cycles=flow == "free")
 
 
 @cocotb.test()
-@cocotb.parametrize(flow=list(FLOWS))
+@cocotb.parametrize(flow=["free", "cycle", "both"])
 async def test_back_to_back(dut, flow):
     """Three jobs of different shapes and masks back to back, inputs all queued ahead (a beat
     taken by the wrong job shows up as a mismatch); the head parameters stay loaded."""
-    tb = TB(dut, seed_of("b2b" + flow))
-    tb.set_flow(flow)
-    await tb.start()
+    tb = await AttentionTB.create(dut, "b2b" + flow, flow)
     n = min(MAX_TOKENS, LANES + 2)
     jobs = [Job(tb.gen, MAX_HEADS, n, MAX_DIM, "causal"),
             Job(tb.gen, 1, max(1, n - 1), max(1, MAX_DIM - 1), "dense"),
@@ -214,25 +146,11 @@ async def test_back_to_back(dut, flow):
     for j in jobs[1:]:
         j.params = jobs[0].params[:j.heads]
     await tb.load_params(jobs[0])
-    await tb.run(jobs, ["b2b0", "b2b1", "b2b2"], check_cycles=flow == "free")
+    await tb.run_jobs(jobs, ["b2b0", "b2b1", "b2b2"], check_cycles=flow == "free")
 
 
 @cocotb.test()
 async def test_empty_job(dut):
     """A zero dimension gives ``done`` on the next cycle and no output."""
-    tb = TB(dut, seed_of("empty"))
-    await tb.start()
-    d = dut
-    await FallingEdge(d.clk)
-    d.heads.value, d.tokens.value, d.dim.value = 1, 0, 4
-    d.start.value = 1
-    await RisingEdge(d.clk)
-    await FallingEdge(d.clk)
-    d.start.value = 0
-    await ReadOnly()
-    assert int(d.done.value) and not int(d.busy.value)
-    for _ in range(5):
-        await RisingEdge(d.clk)
-        await ReadOnly()
-        assert not int(d.o__valid.value) and not int(d.done.value)
-    assert not tb.errors
+    tb = await AttentionTB.create(dut, "empty")
+    await tb.run_empty({"heads": 1, "tokens": 0, "dim": 4}, cycles=1)

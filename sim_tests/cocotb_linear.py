@@ -5,48 +5,38 @@ of :class:`amaformer.gen.config.LinearConfig` fields), the random seed from ``AM
 and ``AMAFORMER_QUICK=1`` trims the case list. Launched by ``sim_tests/test_linear_cocotb.py``
 (pytest) and by :func:`amaformer.gen.sim.verify` (``amaformer sim``); not run by pytest itself.
 
-Timing discipline: every driver writes its inputs just after the falling clock edge and samples
-the design in the read-only phase of the same time step, so a handshake seen there is exactly
-the one the next rising edge performs. Expected outputs come from
+The bench is a :class:`cocotb_tb.TB` (driver on ``x``, monitor and in-order checker on ``y``,
+pause patterns of :data:`cocotb_tb.FLOWS`). Expected outputs come from
 :func:`amaformer.gen.golden.linear_mul`; cycle counts of unstalled jobs from
 :func:`amaformer.gen.cost.linear_cycles`.
 """
 
+import itertools
 import json
 import os
-import random
-import zlib
 from dataclasses import dataclass
 
 import cocotb
 import torch
-from cocotb.clock import Clock
 from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
 
 from amaformer.gen.config import LinearConfig
 from amaformer.gen.cost import linear_cycles
 from amaformer.gen.golden import linear_mul
-from amaformer.gen.layout import pack_linear_weights, pack_requant_params
+from amaformer.hdl.linear_layout import pack_linear_weights
 from amaformer.gen.numerics import requant_params
-from cocotb_streams import StreamSink, StreamSource
+from cocotb_tb import LinearEngineTB
 
-ENV_CONFIG = "AMAFORMER_LINEAR"
-ENV_SEED = "AMAFORMER_SEED"
-ENV_QUICK = "AMAFORMER_QUICK"
-
-#: Probabilities of an idle input cycle and of a back-pressured output cycle, per flow.
-FLOWS = {"free": (0.0, 0.0), "idle_in": (0.4, 0.0), "bp_out": (0.0, 0.5), "both": (0.3, 0.3)}
-
-CFG = LinearConfig(**json.loads(os.environ.get(ENV_CONFIG, "{}")))
-SEED = int(os.environ.get(ENV_SEED, "0"))
-QUICK = os.environ.get(ENV_QUICK, "0") == "1"
+CFG = LinearConfig(**json.loads(os.environ.get("AMAFORMER_LINEAR", "{}")))
+QUICK = os.environ.get("AMAFORMER_QUICK", "0") == "1"
 
 
 # --- jobs and the PyTorch model -------------------------------------------------------------
 
 @dataclass
 class Job:
-    """One ``M×K @ K×N`` job: int8 operands, per-column bias, multiplier and shift (int64)."""
+    """One ``M×K @ K×N`` job: int8 operands, per-column bias, multiplier and shift (int64);
+    its golden outputs, weight words and cycle model (for :class:`cocotb_tb.LinearEngineTB`)."""
     x: torch.Tensor
     w: torch.Tensor
     bias: torch.Tensor
@@ -59,6 +49,12 @@ class Job:
 
     def expected(self):
         return linear_mul(self.x, self.w, self.bias, self.mult, self.shift, CFG.act_bits)
+
+    def words(self):
+        return pack_linear_weights(self.w, CFG.lanes, CFG.weight_bits)
+
+    def cycles(self):
+        return linear_cycles(*self.shape, CFG.lanes)
 
 
 def random_params(gen, k, n, *, saturate=False):
@@ -113,163 +109,28 @@ def case_shapes():
 
 
 def case_list():
-    """(``"m{M}_k{K}_n{N}"``, flow) pairs: every shape unstalled (cycle check) and with
-    stalls on both sides, the middle shapes also with stalls on one side only."""
+    """(``"m{M}_k{K}_n{N}"``, flow) pairs: every shape unstalled (cycle check) and with random
+    pauses on both sides; all but the largest with the deterministic pause pattern, the middle
+    shapes also with random pauses on one side only (quick: neither of these)."""
     shapes = [f"m{m}_k{k}_n{n}" for m, k, n in case_shapes()]
     cases = [(s, "free") for s in shapes] + [(s, "both") for s in shapes]
     if not QUICK:
+        cases += [(s, "cycle") for s in shapes[:-1]]
         cases += [(s, f) for s in shapes[1:4] for f in ("idle_in", "bp_out")]
     return cases
 
 
-def case_seed(name):
-    """Seed of one test: the run's seed mixed with the test's name (stable across runs)."""
-    return (SEED * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF
+def parse_shape(shape):
+    """``"m2_k13_n3"`` -> ``(2, 13, 3)``."""
+    return tuple(int(v[1:]) for v in shape.split("_"))
 
 
 # --- the bench ------------------------------------------------------------------------------
 
-class TB:
-    """Owns clock, reset, the memory loaders, the input driver, the output monitor with its
-    in-order checker, and job control of one ``LinearEngine`` instance."""
+class LinearTB(LinearEngineTB):
+    """One ``LinearEngine``; activations masked to ``act_bits``."""
 
-    def __init__(self, dut, seed):
-        self.dut = dut
-        self.rng = random.Random(seed)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.lanes = CFG.lanes
-        self.errors = []
-        self.x = StreamSource(dut, "x", self.rng, mask=(1 << CFG.act_bits) - 1)
-        self.y = StreamSink(dut, "y", self.rng, self.errors)   # expects ("job T Y[r, c]", v)
-        self._tasks = []
-
-    def set_flow(self, flow):
-        self.x.idle, self.y.stall = FLOWS[flow]
-
-    async def start(self):
-        """Start the clock and the driver/monitor, then reset for two cycles."""
-        Clock(self.dut.clk, 10, unit="ns").start()
-        d = self.dut
-        for sig in (d.x__valid, d.y__ready, d.start, d.m, d.k, d.n, d.w_wr__en, d.p_wr__en,
-                    d.w_wr__addr, d.w_wr__data, d.p_wr__addr, d.p_wr__data, d.x__payload):
-            sig.value = 0
-        await self.reset()
-        self._tasks = [self.x.start(), self.y.start()]
-
-    async def reset(self, cycles=2):
-        """Assert ``rst`` for ``cycles`` rising edges; forget queued inputs and expectations."""
-        await FallingEdge(self.dut.clk)
-        self.dut.rst.value = 1
-        self.dut.start.value = 0
-        self.x.queue.clear()
-        self.y.expect.clear()
-        for _ in range(cycles):
-            await RisingEdge(self.dut.clk)
-        await FallingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-
-    # memory loaders: one word per cycle through the write ports
-    async def load_weights(self, w):
-        """Write ``w`` (``K×N``) into the weight buffer, laid out by ``pack_linear_weights``."""
-        d = self.dut
-        words = pack_linear_weights(w, self.lanes, CFG.weight_bits)
-        for addr, word in enumerate(words):
-            await FallingEdge(d.clk)
-            d.w_wr__addr.value = addr
-            d.w_wr__data.value = word
-            d.w_wr__en.value = (1 << self.lanes) - 1
-        await FallingEdge(d.clk)
-        d.w_wr__en.value = 0
-
-    async def load_params(self, bias, mult, shift):
-        """Write per-column bias, multiplier and shift into the parameter memory."""
-        d = self.dut
-        for addr, word in enumerate(pack_requant_params(bias, mult, shift)):
-            await FallingEdge(d.clk)
-            d.p_wr__addr.value = addr
-            d.p_wr__data.value = word
-            d.p_wr__en.value = 1
-        await FallingEdge(d.clk)
-        d.p_wr__en.value = 0
-
-    async def load(self, job):
-        await self.load_weights(job.w)
-        await self.load_params(job.bias, job.mult, job.shift)
-
-    def check(self):
-        assert not self.errors, f"{len(self.errors)} errors, first: {self.errors[:5]}"
-
-    def queue_job(self, job, tag):
-        """Queue the job's activations on the driver and its expected outputs on the checker."""
-        m, _, n = job.shape
-        self.x.queue.extend(job.x.flatten().tolist())
-        exp = job.expected()
-        self.y.expect.extend((f"job {tag} Y[{r}, {c}]", int(exp[r, c]))
-                             for r in range(m) for c in range(n))
-
-    async def wait_done(self, limit, next_shape=None):
-        """Wait for ``done``; return the cycle count as ``linear_cycles`` defines it (rising
-        edges from the one sampling ``start`` to the one raising ``done``, both counted).
-
-        Called just after the edge that sampled ``start``. With ``next_shape``, ``start`` stays
-        asserted with the next job's dimensions, so the engine takes it on the first edge at
-        which it is idle (the one after ``done``), and the caller awaits that edge. Returns in
-        the read-only phase of the cycle in which ``done`` is high."""
-        d = self.dut
-        cycles = 1
-        await FallingEdge(d.clk)
-        if next_shape is None:
-            d.start.value = 0
-        else:
-            d.m.value, d.k.value, d.n.value = next_shape
-        while True:
-            await ReadOnly()
-            if int(d.done.value):
-                return cycles
-            assert cycles <= limit, f"no done after {limit} cycles"
-            await RisingEdge(d.clk)
-            cycles += 1
-            await FallingEdge(d.clk)
-
-    async def run_jobs(self, jobs, tags, *, check_cycles=False):
-        """Run jobs back to back (each started on the edge after its predecessor's ``done``,
-        all inputs queued ahead); check outputs, inputs taken and, if asked, cycle counts."""
-        d = self.dut
-        for job, tag in zip(jobs, tags):
-            self.queue_job(job, tag)
-        sent = self.x.sent
-        await FallingEdge(d.clk)
-        assert not int(d.busy.value), "engine busy at start"
-        d.m.value, d.k.value, d.n.value = jobs[0].shape
-        d.start.value = 1
-        await RisingEdge(d.clk)
-        all_cycles = []
-        for i, (job, tag) in enumerate(zip(jobs, tags)):
-            m, k, n = job.shape
-            nxt = jobs[i + 1].shape if i + 1 < len(jobs) else None
-            model = linear_cycles(m, k, n, self.lanes)
-            cycles = await self.wait_done(limit=20 * model + 200, next_shape=nxt)
-            self.check()
-            pending = self.y.expect[0][0] if self.y.expect else ""
-            assert not pending.startswith(f"job {tag} "), f"job {tag}: done with outputs missing"
-            sent += m * k
-            assert self.x.sent == sent, f"job {tag}: {self.x.sent} inputs taken, expected {sent}"
-            if check_cycles:
-                assert cycles == model, f"job {tag} {m}x{k}x{n}: {cycles} cycles, model {model}"
-            all_cycles.append(cycles)
-            if nxt is not None:
-                await RisingEdge(d.clk)         # samples ``start`` of the next job
-        return all_cycles
-
-    async def run_job(self, job, tag="", *, check_cycles=False):
-        """Run one job to ``done``; see :meth:`run_jobs`."""
-        return (await self.run_jobs([job], [tag], check_cycles=check_cycles))[0]
-
-
-async def make_tb(dut, name):
-    tb = TB(dut, case_seed(name))
-    await tb.start()
-    return tb
+    SOURCES = {"x": (1 << CFG.act_bits) - 1}
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -278,23 +139,20 @@ async def make_tb(dut, name):
 @cocotb.parametrize((("shape", "flow"), case_list()))
 async def test_job(dut, shape, flow):
     """One job per shape against ``linear_mul``; exact cycle count when unstalled."""
-    tb = await make_tb(dut, f"job{shape}{flow}")
-    tb.set_flow(flow)
-    job = random_job(tb.gen, *(int(v[1:]) for v in shape.split("_")))
+    tb = await LinearTB.create(dut, f"job{shape}{flow}", flow)
+    job = random_job(tb.gen, *parse_shape(shape))
     await tb.load(job)
-    cycles = await tb.run_job(job, shape, check_cycles=flow == "free")
-    dut._log.info("shape %s flow %s: %d cycles", shape, flow, cycles)
+    await tb.run_job(job, shape, check_cycles=flow == "free")
 
 
 @cocotb.test()
-@cocotb.parametrize(flow=["free", "both"] if not QUICK else ["both"])
+@cocotb.parametrize(flow=["free", "cycle", "both"] if not QUICK else ["cycle"])
 async def test_back_to_back(dut, flow):
     """Jobs of different shapes, each started on the edge after its predecessor's ``done``,
     with all activations queued ahead on ``x`` (none may go to the wrong job). The first three
     share one weight load (smaller M and N reuse the leading columns); then new weights with
     K = 1 and another K."""
-    tb = await make_tb(dut, f"b2b{flow}")
-    tb.set_flow(flow)
+    tb = await LinearTB.create(dut, f"b2b{flow}", flow)
     L = CFG.lanes
     k = min(24, CFG.max_k)
     n = min(2 * L + 5, CFG.max_n_for_k(k))
@@ -312,32 +170,28 @@ async def test_back_to_back(dut, flow):
 
 
 @cocotb.test()
-@cocotb.parametrize(flow=["free", "both"] if not QUICK else ["both"],
+@cocotb.parametrize(flow=["free", "cycle", "both"] if not QUICK else ["both"],
                     blocked=[False, True])
 async def test_reset_mid_job(dut, flow, blocked):
     """``rst`` in the middle of a job, with outputs partly sent; with ``blocked``, after
     ``y.ready`` has been held low long enough to fill the output pipeline and the holding
     register. Afterwards nothing may come out and ``done`` may not pulse; then a new job with
     new weights and shape must be exact, with the modelled cycle count when unstalled."""
-    tb = await make_tb(dut, f"reset{flow}{blocked}")
-    tb.set_flow(flow)
+    tb = await LinearTB.create(dut, f"reset{flow}{blocked}", flow)
     d = dut
     k = min(20, CFG.max_k)
     n = min(2 * CFG.lanes + 1, CFG.max_n_for_k(k))
     job = random_job(tb.gen, min(4, CFG.max_m), k, n)
     await tb.load(job)
     tb.queue_job(job, "aborted")
-    await FallingEdge(d.clk)
-    d.m.value, d.k.value, d.n.value = job.shape
-    d.start.value = 1
-    await RisingEdge(d.clk)
+    await tb.start_job(tb.controls(job))
     await FallingEdge(d.clk)
     d.start.value = 0
     total = job.shape[0] * n
-    while tb.y.received < max(1, total // 3):
+    while tb.sink.received < max(1, total // 3):
         await RisingEdge(d.clk)
     if blocked:
-        tb.y.stall = 1.0
+        tb.sink.set_pause_generator(itertools.repeat(1))
         for _ in range(k + 2 * CFG.lanes + 10):
             await RisingEdge(d.clk)
     await ReadOnly()
@@ -348,10 +202,7 @@ async def test_reset_mid_job(dut, flow, blocked):
     tb.set_flow("free")
     await ReadOnly()
     assert not int(d.busy.value) and not int(d.y__valid.value), "reset did not clear"
-    for _ in range(k + 2 * CFG.lanes + 10):       # quiet: no output, no done
-        await RisingEdge(d.clk)
-        await ReadOnly()
-        assert not int(d.done.value) and not int(d.busy.value), "activity after reset"
+    await tb.quiet(k + 2 * CFG.lanes + 10)          # no output, no done
     tb.check()                                      # the monitor saw no unexpected output
     tb.set_flow(flow)
     k2 = min(7, CFG.max_k)
@@ -364,8 +215,7 @@ async def test_reset_mid_job(dut, flow, blocked):
 async def test_saturation(dut):
     """Parameters that drive most outputs to the rails: +max and -max-1 both appear (column 0
     with shift 0 as well) and match the model."""
-    tb = await make_tb(dut, "sat")
-    tb.set_flow("both")
+    tb = await LinearTB.create(dut, "sat", "both")
     k = min(16, CFG.max_k)
     n = min(CFG.lanes + 1, CFG.max_n_for_k(k))
     job = random_job(tb.gen, min(4, CFG.max_m), k, n, saturate=True)
@@ -381,8 +231,7 @@ async def test_saturation(dut):
 async def test_rounding_ties(dut):
     """Small weights and shifts 1 to 3 with small multipliers, so that many accumulators sit
     exactly on a .5 boundary (both signs): the round-half-up rule is visible in the output."""
-    tb = await make_tb(dut, "ties")
-    tb.set_flow("both")
+    tb = await LinearTB.create(dut, "ties", "both")
     k = min(3, CFG.max_k)
     n = min(2 * CFG.lanes + 1, CFG.max_n_for_k(k))
     job = random_job(tb.gen, min(6, CFG.max_m), k, n)
@@ -402,7 +251,7 @@ async def test_rounding_ties(dut):
 async def test_empty_job(dut, zero):
     """A job with one dimension 0: ``done`` after ``linear_cycles`` (2), no input taken although
     inputs wait on ``x``, no output; then a real job, started right after, is exact."""
-    tb = await make_tb(dut, f"empty{zero}")
+    tb = await LinearTB.create(dut, f"empty{zero}")
     k = min(6, CFG.max_k)
     n = min(CFG.lanes + 1, CFG.max_n_for_k(k))
     job = random_job(tb.gen, min(2, CFG.max_m), k, n)
@@ -410,17 +259,14 @@ async def test_empty_job(dut, zero):
     tb.queue_job(job, "after-empty")        # its inputs wait on x during the empty job
     dims = dict(m=job.shape[0], k=k, n=n)
     dims[zero] = 0
-    d = dut
-    await FallingEdge(d.clk)
-    d.m.value, d.k.value, d.n.value = dims["m"], dims["k"], dims["n"]
-    d.start.value = 1
-    await RisingEdge(d.clk)
-    cycles = await tb.wait_done(limit=50, next_shape=job.shape)
+    x = tb.sources["x"]
+    await tb.start_job(dims)
+    cycles = await tb.wait_done(limit=50, next_controls=tb.controls(job))
     assert cycles == linear_cycles(dims["m"], dims["k"], dims["n"], CFG.lanes), cycles
-    assert tb.x.sent == 0 and tb.y.received == 0, (tb.x.sent, tb.y.received)
-    await RisingEdge(d.clk)                 # samples ``start`` of the real job
+    assert x.sent == 0 and tb.sink.received == 0, (x.sent, tb.sink.received)
+    await RisingEdge(dut.clk)               # samples ``start`` of the real job
     m, k, n = job.shape
-    cycles = await tb.wait_done(limit=20 * linear_cycles(m, k, n, CFG.lanes) + 200)
+    cycles = await tb.wait_done(limit=20 * job.cycles() + 200)
     tb.check()
-    assert not tb.y.expect and tb.x.sent == m * k, (len(tb.y.expect), tb.x.sent)
-    assert cycles == linear_cycles(m, k, n, CFG.lanes), cycles
+    assert not tb.checker.outstanding("after-empty") and x.sent == m * k, x.sent
+    assert cycles == job.cycles(), cycles

@@ -5,38 +5,35 @@ Same environment interface as ``cocotb_linear.py``: ``AMAFORMER_LINEAR`` (JSON o
 ``AMAFORMER_SEED`` and ``AMAFORMER_QUICK``. Launched by ``sim_tests/test_shiftadd_cocotb.py``;
 not run by pytest itself.
 
-Drivers write inputs just after the falling edge and sample in the read-only phase, so a
-handshake seen there is the one the next rising edge performs. Expected outputs come from
+The bench is a :class:`cocotb_tb.LinearEngineTB` (driver on ``x``, monitor and in-order checker
+on ``y``, pause patterns of :data:`cocotb_tb.FLOWS`). Expected outputs come from
 :func:`amaformer.gen.golden.linear_shift` / :func:`~amaformer.gen.golden.linear_bcq`, cycle
 counts of unstalled jobs from :mod:`amaformer.gen.cost`.
 """
 
+import itertools
 import json
 import os
-import random
-import zlib
 
 import cocotb
 import torch
-from cocotb.clock import Clock
-from cocotb.triggers import FallingEdge, ReadOnly, RisingEdge
+from cocotb.triggers import FallingEdge, RisingEdge
 
 from amaformer.gen.config import LinearConfig
 from amaformer.gen.cost import bcq_cycles, shift_cycles
 from amaformer.gen.golden import linear_bcq, linear_shift
-from amaformer.gen.layout import pack_bcq_weights, pack_requant_params, pack_shift_weights
+from amaformer.hdl.linear_layout import pack_bcq_weights, pack_shift_weights
 from amaformer.gen.numerics import requant_params
 from amaformer.gen.quant import round_pow2_sum
-from cocotb_streams import StreamSink, StreamSource
+from cocotb_tb import LinearEngineTB
 
 CFG = LinearConfig(**json.loads(os.environ.get("AMAFORMER_LINEAR", '{"mode": "bcq"}')))
-SEED = int(os.environ.get("AMAFORMER_SEED", "0"))
 QUICK = os.environ.get("AMAFORMER_QUICK", "0") == "1"
-FLOWS = {"free": (0.0, 0.0), "idle_in": (0.4, 0.0), "bp_out": (0.0, 0.5), "both": (0.3, 0.3)}
 
 
 class Job:
-    """An ``M×K @ K×N`` job in the configured encoding, with its golden outputs."""
+    """An ``M×K @ K×N`` job in the configured encoding, with its golden outputs, weight words
+    and cycle model (for :class:`cocotb_tb.LinearEngineTB`)."""
 
     def __init__(self, gen, m, k, n, like=None):
         self.x = torch.randint(-128, 128, (m, k), generator=gen)
@@ -98,107 +95,12 @@ def shapes():
     return out
 
 
-class TB:
-    """Clock, reset, loaders, an input driver with random idle cycles, an output monitor with
-    random back-pressure and an in-order checker against the golden model."""
-
-    def __init__(self, dut, name):
-        self.dut = dut
-        seed = (SEED * 1_000_003 + zlib.crc32(name.encode())) & 0x7FFF_FFFF
-        self.rng = random.Random(seed)
-        self.gen = torch.Generator().manual_seed(seed)
-        self.errors = []
-        self.x = StreamSource(dut, "x", self.rng, mask=0xFF)
-        self.y = StreamSink(dut, "y", self.rng, self.errors)   # expects ("job T Y[r, c]", v)
-
-    async def start(self):
-        d = self.dut
-        Clock(d.clk, 10, unit="ns").start()
-        for sig in (d.x__valid, d.x__payload, d.y__ready, d.start, d.m, d.k, d.n,
-                    d.w_wr__en, d.w_wr__addr, d.w_wr__data, d.p_wr__en, d.p_wr__addr,
-                    d.p_wr__data):
-            sig.value = 0
-        await self.reset()
-        self.x.start()
-        self.y.start()
-
-    async def reset(self):
-        await FallingEdge(self.dut.clk)
-        self.dut.rst.value = 1
-        self.dut.start.value = 0
-        self.x.queue.clear()
-        self.y.expect.clear()
-        for _ in range(2):
-            await RisingEdge(self.dut.clk)
-        await FallingEdge(self.dut.clk)
-        self.dut.rst.value = 0
-
-    async def load(self, job):
-        d = self.dut
-        en = (1 << len(d.w_wr__en)) - 1
-        for prefix, words, enable in (("w_wr", job.words(), en),
-                                      ("p_wr", pack_requant_params(job.bias, job.mult,
-                                                                   job.shift), 1)):
-            for addr, word in enumerate(words):
-                await FallingEdge(d.clk)
-                getattr(d, f"{prefix}__addr").value = addr
-                getattr(d, f"{prefix}__data").value = word
-                getattr(d, f"{prefix}__en").value = enable
-            await FallingEdge(d.clk)
-            getattr(d, f"{prefix}__en").value = 0
-
-    async def run(self, jobs, *, check_cycles=False):
-        """Run ``jobs`` back to back (``start`` held with the next job's shape, so it is taken
-        on the edge after ``done``); check outputs, inputs taken and cycle counts."""
-        d = self.dut
-        for t, job in enumerate(jobs):
-            self.x.queue.extend(job.x.flatten().tolist())
-            exp = job.expected()
-            m, _, n = job.shape
-            self.y.expect.extend(((f"job {t} Y[{r}, {c}]"), int(exp[r, c]))
-                               for r in range(m) for c in range(n))
-        await FallingEdge(d.clk)
-        assert not int(d.busy.value)
-        d.m.value, d.k.value, d.n.value = jobs[0].shape
-        d.start.value = 1
-        await RisingEdge(d.clk)
-        sent = self.x.sent
-        for t, job in enumerate(jobs):
-            nxt = jobs[t + 1].shape if t + 1 < len(jobs) else None
-            cycles = 1
-            await FallingEdge(d.clk)
-            if nxt is None:
-                d.start.value = 0
-            else:
-                d.m.value, d.k.value, d.n.value = nxt
-            while True:
-                await ReadOnly()
-                if int(d.done.value):
-                    break
-                assert cycles < 30 * job.cycles() + 200, "no done"
-                await RisingEdge(d.clk)
-                cycles += 1
-                await FallingEdge(d.clk)
-            assert not self.errors, self.errors[:5]
-            m, k, n = job.shape
-            sent += m * k
-            assert self.x.sent == sent, f"job {t}: {self.x.sent} inputs taken, expected {sent}"
-            pending = self.y.expect[0][0] if self.y.expect else ""
-            assert not pending.startswith(f"job {t} "), f"job {t}: done with outputs missing"
-            if check_cycles:
-                assert cycles == job.cycles(), f"job {t}: {cycles} cycles, model {job.cycles()}"
-            if nxt is not None:
-                await RisingEdge(d.clk)
-
-
-async def make_tb(dut, name):
-    tb = TB(dut, name)
-    await tb.start()
-    return tb
-
-
 def case_list():
-    cases = [(s, "free") for s in shapes()] + [(s, "both") for s in shapes()]
+    """(shape, flow) pairs: every shape unstalled (cycle check), with random pauses on both
+    sides and with the deterministic pause pattern; the second also with random pauses on one
+    side only (quick: unstalled and random on both sides)."""
+    flows = ("free", "both") if QUICK else ("free", "both", "cycle")
+    cases = [(s, f) for f in flows for s in shapes()]
     if not QUICK:
         cases += [(shapes()[1], "idle_in"), (shapes()[1], "bp_out")]
     return cases
@@ -208,44 +110,42 @@ def case_list():
 @cocotb.parametrize((("shape", "flow"), case_list()))
 async def test_job(dut, shape, flow):
     """One job against the golden model; exact cycle count when unstalled."""
-    tb = await make_tb(dut, f"job{shape}{flow}")
-    tb.x.idle, tb.y.stall = FLOWS[flow]
+    tb = await LinearEngineTB.create(dut, f"job{shape}{flow}", flow)
     job = Job(tb.gen, *shape)
     await tb.load(job)
-    await tb.run([job], check_cycles=flow == "free")
+    await tb.run_job(job, "0", check_cycles=flow == "free")
 
 
 @cocotb.test()
-async def test_back_to_back(dut):
+@cocotb.parametrize(flow=["cycle", "both"] if not QUICK else ["cycle"])
+async def test_back_to_back(dut, flow):
     """Three jobs on the same weights, each started on the edge after the previous ``done``,
-    with stalls; then an empty job (M = 0)."""
-    tb = await make_tb(dut, "b2b")
-    tb.x.idle, tb.y.stall = FLOWS["both"]
+    with pauses; then an empty job (M = 0)."""
+    tb = await LinearEngineTB.create(dut, f"b2b{flow}", flow)
     m, k, n = shapes()[1]
     first = Job(tb.gen, m, k, n)
     await tb.load(first)
-    await tb.run([first, Job(tb.gen, 2, k, n, like=first), Job(tb.gen, 1, k, n, like=first)])
+    await tb.run_jobs([first, Job(tb.gen, 2, k, n, like=first), Job(tb.gen, 1, k, n, like=first)],
+                      ["0", "1", "2"])
     empty = Job(tb.gen, 0, k, n, like=first)
-    await tb.run([empty], check_cycles=True)
+    await tb.run_job(empty, "empty", check_cycles=True)
 
 
 @cocotb.test()
 async def test_reset_mid_job(dut):
     """Reset in the middle of a job; the next job after it is correct."""
-    tb = await make_tb(dut, "reset")
+    tb = await LinearEngineTB.create(dut, "reset")
     m, k, n = shapes()[1]
     job = Job(tb.gen, m, k, n)
     await tb.load(job)
-    tb.y.stall = 1.0                     # hold the outputs: none is expected from this job
-    tb.x.queue.extend(job.x.flatten().tolist())
-    await FallingEdge(dut.clk)
-    dut.m.value, dut.k.value, dut.n.value = job.shape
-    dut.start.value = 1
+    tb.sink.set_pause_generator(itertools.repeat(1))    # hold the outputs until the reset
+    tb.queue_job(job, "aborted")                        # (which forgets them)
+    await tb.start_job(tb.controls(job))
     await FallingEdge(dut.clk)
     dut.start.value = 0
     for _ in range(job.cycles() // 2):
         await RisingEdge(dut.clk)
     assert int(dut.busy.value)
     await tb.reset()
-    tb.y.stall = 0.0
-    await tb.run([Job(tb.gen, m, k, n, like=job)], check_cycles=True)
+    tb.set_flow("free")
+    await tb.run_job(Job(tb.gen, m, k, n, like=job), "after-reset", check_cycles=True)

@@ -3,9 +3,12 @@ this folder): stream drivers with random gaps and back-pressure, and a one-call 
 
 import random
 
+import pytest
+
 from amaranth.sim import Simulator
 
-__all__ = ["simulate", "stream_send", "stream_collect", "write_words"]
+__all__ = ["simulate", "stream_send", "stream_collect", "write_words", "SIM_BACKENDS",
+           "sim_transport", "sim_backend", "needs_verilator", "verilator_missing"]
 
 
 def simulate(dut, *testbenches, period=1e-6, vcd=None):
@@ -95,3 +98,37 @@ async def write_words(ctx, port, words, en=None):
         ctx.set(port.en, en)
         await ctx.tick()
     ctx.set(port.en, 0)
+
+
+# ---------------------------------------------------------------------- simulated-device backends
+
+def verilator_missing():
+    """Why the Verilator backend cannot run here (``None`` if it can): no build is attempted."""
+    from amaformer.host.verilator import VerilatorUnavailable, find_toolchain
+    try:
+        find_toolchain()
+    except VerilatorUnavailable as e:
+        return str(e)
+    return None
+
+
+#: Skips a test where the Verilator backend's toolchain is missing (the reason says what).
+needs_verilator = pytest.mark.skipif(bool(verilator_missing()), reason=verilator_missing() or "")
+#: ``params`` for fixtures that run on every simulated-device backend.
+SIM_BACKENDS = [pytest.param("amaranth", id="amaranth"),
+                pytest.param("verilator", id="verilator", marks=needs_verilator)]
+
+
+def sim_transport(config, backend="amaranth", **kwargs):
+    """The simulated device of ``config`` on ``backend`` (``"amaranth"``, ``"verilator"`` or
+    ``"auto"``), keyword arguments as :func:`amaformer.host.sim.make_sim_transport`; Verilator
+    builds (once per design, cached) without progress output."""
+    from amaformer.host.sim import make_sim_transport
+    return make_sim_transport(config, backend, progress=False, **kwargs)
+
+
+@pytest.fixture(scope="module", params=SIM_BACKENDS)
+def sim_backend(request):
+    """Each simulated-device backend in turn (module scope, so module-scoped devices can use it):
+    ``"amaranth"``, then ``"verilator"``."""
+    return request.param

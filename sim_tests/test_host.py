@@ -14,7 +14,8 @@ from amaformer.gen.config import AcceleratorConfig, LinearConfig
 from amaformer.gen.golden import linear_mul
 from amaformer.hdl import protocol as P
 from amaformer.host import Device, DeviceError, DeviceTimeout, SerialTransport, Transport
-from amaformer.host.sim import SimTransport
+
+from conftest import sim_transport
 
 CFG = AcceleratorConfig(linear=LinearConfig(lanes=4, max_k=32, max_n=32, max_m=32,
                                             weight_depth=64))
@@ -32,8 +33,9 @@ def layer_ints(m, k, n, seed):
 class PtyDevice:
     """The simulated device on the master side of a pseudo-terminal, stepped by a thread."""
 
-    def __init__(self, config):
-        self.sim = SimTransport(config, timeout_cycles=2000, act_depth=512, out_depth=512)
+    def __init__(self, config, backend="amaranth"):
+        self.sim = sim_transport(config, backend, timeout_cycles=2000, act_depth=512,
+                                 out_depth=512)
         self.master, slave = pty.openpty()
         self.port = os.ttyname(slave)
         self._slave = slave
@@ -61,15 +63,15 @@ class PtyDevice:
         os.close(self._slave)
 
 
-def test_serial_transport_through_pty():
+def test_serial_transport_through_pty(sim_backend):
     """SerialTransport (pyserial) ↔ pty ↔ simulated device: the exact code path of a board."""
-    dev_side = PtyDevice(CFG)
+    dev_side = PtyDevice(CFG, sim_backend)
     try:
         with SerialTransport(dev_side.port, 115200, clk_hz=12_000_000) as link:
             dev = Device(link, timeout=5.0, retries=1, expect=CFG)
-            assert dev.info.lanes == 4 and dev.info.max_payload == 256
+            assert dev.unit("linear").info.lanes == 4 and dev.info.max_payload == 256
             x, w, b, mult, shift = layer_ints(3, 24, 10, 0)
-            y = dev.linear(x, w, b, mult, shift)
+            y = dev.unit("linear").linear(x, w, b, mult, shift)
             assert torch.equal(y.to(torch.int64), linear_mul(x, w, b, mult, shift))
             assert dev.status().jobs == len(dev.job_cycles) == 2     # N split: 8 + 2
     finally:
@@ -115,8 +117,8 @@ class FlakyTransport(Transport):
 
 
 @pytest.fixture(scope="module")
-def sim():
-    return SimTransport(CFG, timeout_cycles=200, act_depth=512, out_depth=512)
+def sim(sim_backend):
+    return sim_transport(CFG, sim_backend, timeout_cycles=200, act_depth=512, out_depth=512)
 
 
 def test_retry_after_corrupted_request(sim):
@@ -133,11 +135,11 @@ def test_retry_after_corrupted_request(sim):
 def test_retry_after_lost_response(sim):
     dev = Device(sim, timeout=0.01, retries=0)
     x, w, b, mult, shift = layer_ints(2, 8, 4, 1)
-    dev.load_weights(w, b, mult, shift)
+    dev.unit("linear").load_weights(w, b, mult, shift)
     dev.write_activations(x)
     flaky = Device(FlakyTransport(sim), timeout=0.01, retries=1)
     flaky.transport.drop = 1
-    assert flaky.run(2, 8, 4) > 0                   # RUN's answer lost: sent again
+    assert flaky.unit("linear").run(2, 8, 4) > 0                   # RUN's answer lost: sent again
     assert flaky.transport.drop == 0
     assert np.array_equal(dev.read_outputs(2, 4), linear_mul(x, w, b, mult, shift).numpy())
     flaky.transport.drop = 10                       # every answer lost
@@ -147,17 +149,17 @@ def test_retry_after_lost_response(sim):
 
 def test_device_errors(sim):
     dev = Device(sim, timeout=0.01)
-    with pytest.raises(DeviceError, match=r"^device has lanes = 4, the configuration "
+    with pytest.raises(DeviceError, match=r"^device has linear\.lanes = 4, the configuration "
                                           r"expects 8$"):
         dev.check_config(AcceleratorConfig())
     with pytest.raises(DeviceError, match=r"^RUN failed: DESCRIPTOR$") as e:
-        dev.run(1, 33, 4)
+        dev.unit("linear").run(1, 33, 4)
     assert e.value.code == P.Status.DESCRIPTOR
     with pytest.raises(ValueError, match=r"^K must be in \[1, 32\] for this device, not 40$"):
-        dev.linear(*layer_ints(2, 40, 4, 2))
+        dev.unit("linear").linear(*layer_ints(2, 40, 4, 2))
     with pytest.raises(ValueError, match=r"^weights must be integers in \[-128, 127\], "
                                          r"not \[-300, 5\]$"):
-        dev.load_weights(np.array([[-300, 5]]), [0, 0], [1, 1], [0, 0])
+        dev.unit("linear").load_weights(np.array([[-300, 5]]), [0, 0], [1, 1], [0, 0])
     with pytest.raises(ValueError, match=r"^retries must be a non-negative integer, not -1$"):
         Device(sim, retries=-1)
 
@@ -194,7 +196,7 @@ def test_compiled_layer_on_device(sim):
     prog = compile_linear(layer, x)
     dev = Device(sim, timeout=0.01)
     x_q = prog.quantize_input(x)
-    y = dev.linear(x_q, prog.w, prog.bias, prog.mult, prog.shift)
+    y = dev.unit("linear").linear(x_q, prog.w, prog.bias, prog.mult, prog.shift)
     assert torch.equal(y.to(torch.int64), prog.golden(x_q))
     ref = layer(x).detach().double()
     err = torch.linalg.norm(prog.dequantize_output(y) - ref) / torch.linalg.norm(ref)

@@ -18,7 +18,7 @@ from amaranth import *
 
 from amaformer.gen.cost import linear_cycles
 from amaformer.gen.golden import linear_mul
-from amaformer.gen.layout import pack_linear_weights, pack_requant_params
+from amaformer.hdl.linear_layout import pack_linear_weights, pack_requant_params
 from amaformer.gen.numerics import requant_params, requantize
 from amaformer.hdl.common import MemWriteSignature, Requantizer
 from amaformer.hdl.linear import LinearEngine, lut_multiply

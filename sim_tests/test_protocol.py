@@ -11,6 +11,7 @@ from amaranth.sim import Simulator
 
 from amaformer.gen.config import AcceleratorConfig, LinearConfig, UartConfig
 from amaformer.gen.golden import linear_mul
+from amaformer.hdl import attention_spec, linear_spec, registry
 from amaformer.hdl import protocol as P
 from amaformer.hdl.uart import UARTRx, UARTTx, baud_divisor
 from amaformer.host import Device
@@ -39,8 +40,8 @@ def test_crc16():
 
 
 def test_request_layout():
-    frame = P.encode_request(P.Op.WRITE, P.Space.PARAMS, 0x01020304, b"\xAA\xBB")
-    assert frame[:11] == bytes([0xA5, 0x02, 0x01, 0x04, 0x03, 0x02, 0x01, 0x02, 0x00,
+    frame = P.encode_request(P.Op.WRITE, P.unit_space(0, 1), 0x01020304, b"\xAA\xBB")
+    assert frame[:11] == bytes([0xA5, 0x02, 0x11, 0x04, 0x03, 0x02, 0x01, 0x02, 0x00,
                                 0xAA, 0xBB])
     assert frame[11:] == struct.pack(">H", crc16_reference(frame[:11]))
     with pytest.raises(ValueError, match=r"^addr must be an integer in \[0, 2\*\*32\), not -1$"):
@@ -62,7 +63,10 @@ def test_response_parse():
 def test_definitions():
     assert len({int(v) for v in P.Op}) == len(P.Op)
     assert len({int(v) for v in P.Status}) == len(P.Status)
-    assert P.fields_size(P.DESCRIPTOR_FIELDS) == 20
+    assert registry.descriptor_bytes(linear_spec.DESCRIPTOR) == 20
+    assert registry.descriptor_bytes(attention_spec.DESCRIPTOR) == 28
+    assert [P.unit_space(i, j) for i, j in ((0, 0), (0, 1), (1, 0), (13, 15))] == \
+        [0x10, 0x11, 0x20, 0xEF]
     assert P.fields_size(P.STATUS_FIELDS) == 10
     assert [P.word_bytes(b) for b in (1, 8, 9, 18, 24, 30, 54, 64, 65)] == \
         [1, 1, 2, 4, 4, 4, 8, 8, 16]
@@ -172,7 +176,7 @@ def test_frames_through_uart_phy():
     b = torch.randint(-500, 500, (4,), generator=g)
     mult = torch.randint(1 << 14, 1 << 15, (4,), generator=g)
     shift = torch.randint(10, 16, (4,), generator=g)
-    y = dev.linear(x, w, b, mult, shift)
+    y = dev.unit("linear").linear(x, w, b, mult, shift)
     assert torch.equal(y.to(torch.int64), linear_mul(x, w, b, mult, shift))
     assert np.array_equal(np.frombuffer(dev.read_memory(P.Space.ACT, 0, 10), np.int8),
                           x.flatten().numpy())

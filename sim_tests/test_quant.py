@@ -5,7 +5,7 @@ import torch
 
 from amaformer.gen.config import ConfigError, LinearConfig
 from amaformer.gen.golden import linear_bcq, linear_shift
-from amaformer.gen.layout import alpha_code, pack_bcq_weights
+from amaformer.hdl.linear_layout import alpha_code, pack_bcq_weights
 from amaformer.gen.numerics import requantize
 from amaformer.gen.quant import (allocate_bits, hessian, layer_sensitivity, quantize_bcq,
                                  quantize_shift, relative_error, round_pow2_sum)

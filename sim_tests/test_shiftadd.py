@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 
 from amaformer.gen.cost import bcq_cycles, shift_cycles
 from amaformer.gen.golden import linear_bcq, linear_shift
-from amaformer.gen.layout import pack_bcq_weights, pack_requant_params, pack_shift_weights
+from amaformer.hdl.linear_layout import pack_bcq_weights, pack_requant_params, pack_shift_weights
 from amaformer.gen.quant import round_pow2_sum
 from amaformer.hdl.shiftadd import BcqEngine, ShiftEngine
 

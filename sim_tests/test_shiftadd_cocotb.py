@@ -4,23 +4,21 @@
 One Verilog build per parameter point (small maxima, so builds are quick), each running every
 test of ``sim_tests/cocotb_shiftadd.py``: K = 1, K not a multiple of the lanes/chunk (shift with
 g inputs per lane: of g, and K < g, where Icarus's undefined row-buffer bytes must not leak), N = 1,
-M = 1, unstalled with exact cycle counts and with random idle inputs and back-pressure,
-back-to-back jobs, an empty job and a reset mid-job.
+M = 1, unstalled with exact cycle counts, with random idle inputs and back-pressure and with the
+deterministic pause pattern (``cocotb_tb.FLOWS``), back-to-back jobs, an empty job and a reset
+mid-job.
 """
 
 import json
 import shutil
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from amaformer.gen.config import LinearConfig
-from amaformer.gen.rtl import linear_engine_from_config, write_verilog
-from amaformer.gen.sim import parse_results
-
-HERE = Path(__file__).resolve().parent
+from amaformer.gen.rtl import linear_engine_from_config
+from cocotb_run import run_bench
 
 needs_icarus = pytest.mark.skipif(shutil.which("iverilog") is None,
                                   reason="iverilog not installed (scripts/setup.sh installs it)")
@@ -49,30 +47,11 @@ def _cells_sim():
 
 
 def _run_bench(engine, cfg, tmp_path, *, extra_sources=(), defines=None, quick=False,
-               min_passed=10):
-    from cocotb_tools.runner import get_runner
-    src = write_verilog(engine, tmp_path / "engine.v", "engine")
-    runner = get_runner("icarus")
-    runner.build(sources=[src, *extra_sources], hdl_toplevel="engine",
-                 build_dir=tmp_path / "build", timescale=("1ns", "1ps"), always=True,
-                 defines=defines or {}, log_file=tmp_path / "build.log")
-    results = tmp_path / "results.xml"
-    added = str(HERE) not in sys.path
-    if added:
-        sys.path.insert(0, str(HERE))   # the runner passes sys.path to the simulator's Python
-    try:
-        runner.test(test_module="cocotb_shiftadd", hdl_toplevel="engine",
-                    build_dir=tmp_path / "build", test_dir=tmp_path,
-                    extra_env={"AMAFORMER_LINEAR": json.dumps(asdict(cfg)),
-                               "AMAFORMER_SEED": "1", "AMAFORMER_QUICK": "1" if quick else "0"},
-                    results_xml=str(results), timescale=("1ns", "1ps"),
-                    log_file=tmp_path / "sim.log")
-    except SystemExit:
-        pass                            # failed tests; the results file says which
-    finally:
-        if added:
-            sys.path.remove(str(HERE))
-    passed, failures, names = parse_results(results)
+               min_passed=15):
+    env = {"AMAFORMER_LINEAR": json.dumps(asdict(cfg)), "AMAFORMER_SEED": "1",
+           "AMAFORMER_QUICK": "1" if quick else "0"}
+    passed, failures, names = run_bench("cocotb_shiftadd", engine, "engine", tmp_path, env,
+                                        extra_sources=extra_sources, defines=defines)
     assert not failures, failures
     assert passed >= min_passed, names
 

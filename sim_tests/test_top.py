@@ -12,13 +12,16 @@ import struct
 import numpy as np
 import pytest
 import torch
+from amaranth import Shape
 
 from amaformer.gen.config import AcceleratorConfig, LinearConfig
 from amaformer.gen.cost import linear_cycles
 from amaformer.gen.golden import linear_mul
 from amaformer.hdl import protocol as P
 from amaformer.gen.run import random_layer
-from amaformer.hdl.top import AcceleratorCore, ByteMemory, make_linear_engine
+from amaformer.hdl.linear_unit import make_linear_engine
+from amaformer.hdl.memories import ByteMemory
+from amaformer.hdl.top import AcceleratorCore
 from amaformer.host import Device, DeviceError
 from amaformer.host.sim import SimTransport
 
@@ -63,11 +66,11 @@ def test_linear_bit_exact(cfg, shape, seed):
     x, w, b, mult, shift = random_layer(m, k, n, seed)
     lim = 1 << (cfg.linear.weight_bits - 1)
     w = w.clamp(-lim, lim - 1)
-    y = dev.linear(x, w, b, mult, shift)
+    y = dev.unit("linear").linear(x, w, b, mult, shift)
     assert isinstance(y, torch.Tensor)
     assert torch.equal(y.to(torch.int64), linear_mul(x, w, b, mult, shift))
     # one job per N tile; every job's cycle count is the cost model's
-    n_tile = min(n, dev.info.max_n_for_k(k))
+    n_tile = min(n, dev.unit("linear").max_n_for_k(k))
     widths = [min(n_tile, n - c) for c in range(0, n, n_tile)]
     assert dev.job_cycles == [linear_cycles(m, k, wn, cfg.linear.lanes) for wn in widths]
 
@@ -76,7 +79,7 @@ def test_linear_tiles_over_m():
     cfg = small_config()
     dev, tr = make_device(cfg, act_depth=64, out_depth=64)
     x, w, b, mult, shift = random_layer(7, 16, 6, 4)        # M·K = 112 > 64 activation bytes
-    y = dev.linear(x.numpy(), w.numpy(), b, mult, shift)
+    y = dev.unit("linear").linear(x.numpy(), w.numpy(), b, mult, shift)
     assert isinstance(y, np.ndarray)
     assert np.array_equal(y, linear_mul(x, w, b, mult, shift).numpy())
     assert len(dev.job_cycles) == 2
@@ -86,12 +89,12 @@ def test_back_to_back_jobs_and_status():
     cfg = small_config()
     dev, tr = make_device(cfg)
     x, w, b, mult, shift = random_layer(3, 60, 4, 5)
-    dev.load_weights(w, b, mult, shift)
+    dev.unit("linear").load_weights(w, b, mult, shift)
     dev.write_activations(x, addr=100)
     for y_addr in (0, 50):
-        dev.run(3, 60, 4, x_addr=100, y_addr=y_addr, wait=False)
+        dev.unit("linear").run(3, 60, 4, x_addr=100, y_addr=y_addr, wait=False)
         with pytest.raises(DeviceError) as e:
-            dev.run(3, 60, 4)
+            dev.unit("linear").run(3, 60, 4)
         assert e.value.code == P.Status.BUSY
         assert dev.wait() == linear_cycles(3, 60, 4, 4)
     exp = linear_mul(x, w, b, mult, shift).numpy()
@@ -105,9 +108,9 @@ def test_abort_mid_job_then_reuse():
     cfg = small_config()
     dev, tr = make_device(cfg)
     x, w, b, mult, shift = random_layer(6, 32, 8, 6)
-    dev.load_weights(w, b, mult, shift)
+    dev.unit("linear").load_weights(w, b, mult, shift)
     dev.write_activations(x)
-    dev.run(6, 32, 8, wait=False)
+    dev.unit("linear").run(6, 32, 8, wait=False)
     tr.pause(100 / tr.clk_hz)
     assert dev.status().busy
     for op, space in ((P.Op.WRITE, P.Space.ACT), (P.Op.READ, P.Space.OUT)):
@@ -118,7 +121,7 @@ def test_abort_mid_job_then_reuse():
     dev.abort()
     st = dev.status()
     assert not st.busy and st.aborted and st.jobs == 0
-    assert dev.run(6, 32, 8) == linear_cycles(6, 32, 8, 4)
+    assert dev.unit("linear").run(6, 32, 8) == linear_cycles(6, 32, 8, 4)
     assert np.array_equal(dev.read_outputs(6, 8), linear_mul(x, w, b, mult, shift).numpy())
 
 
@@ -138,7 +141,7 @@ PATTERN = bytes(random.Random(7).randrange(256) for _ in range(1024))
 
 def assert_intact(dev):
     assert dev.read_memory(P.Space.ACT, 0, 1024) == PATTERN
-    assert dev.identify().lanes == 4
+    assert dev.identify().units[0].lanes == 4
 
 
 def test_bad_crc_changes_nothing(dev_tr):
@@ -159,7 +162,7 @@ def test_bad_crc_changes_nothing(dev_tr):
 
 def test_unknown_opcode(dev_tr):
     dev, tr = dev_tr
-    for op in (0x00, 0x07, 0xFF):
+    for op in (0x00, 0x07, 0x08, 0xFF):
         status, rop, payload = exchange(tr, P.encode_request(op, P.Space.ACT, 0, b"\x12" * 4))
         assert (status, rop, payload) == (P.Status.OPCODE, op, b"")
     assert_intact(dev)
@@ -170,11 +173,13 @@ def test_unknown_opcode(dev_tr):
     (P.Op.WRITE, P.Space.ACT, 1 << 31, b"\x00"),           # far out of range
     (P.Op.WRITE, P.Space.OUT, 0, b"\x00"),                 # read-only space
     (P.Op.WRITE, 9, 0, b"\x00"),                           # unknown space
-    (P.Op.WRITE, P.Space.WEIGHTS, 3, b"\x00" * 4),         # misaligned word
-    (P.Op.WRITE, P.Space.WEIGHTS, 0, b"\x00" * 3),         # partial word
-    (P.Op.WRITE, P.Space.PARAMS, 64 * 8, b"\x00" * 8),     # column past max_n
+    (P.Op.WRITE, P.unit_space(0, 0), 3, b"\x00" * 4),     # misaligned word (weights)
+    (P.Op.WRITE, P.unit_space(0, 0), 0, b"\x00" * 3),     # partial word
+    (P.Op.WRITE, P.unit_space(0, 1), 64 * 8, b"\x00" * 8),  # column past max_n (params)
+    (P.Op.WRITE, P.unit_space(0, 2), 0, b"\x00" * 8),     # a space the unit does not have
+    (P.Op.WRITE, P.unit_space(1, 0), 0, b"\x00" * 8),     # a unit the design does not have
     (P.Op.READ, P.Space.ACT, 1000, struct.pack("<H", 25)),
-    (P.Op.READ, P.Space.WEIGHTS, 0, struct.pack("<H", 1)),  # write-only space
+    (P.Op.READ, P.unit_space(0, 0), 0, struct.pack("<H", 1)),  # write-only space
 ])
 def test_bad_address(dev_tr, op, space, addr, payload):
     dev, tr = dev_tr
@@ -188,6 +193,9 @@ def test_length_errors(dev_tr):
         == P.Status.LENGTH
     assert exchange(tr, P.encode_request(P.Op.IDENT, 0, 0, b"\x01"))[0] == P.Status.LENGTH
     assert exchange(tr, P.encode_request(P.Op.RUN, 0, 0, b"\x01" * 19))[0] == P.Status.LENGTH
+    assert exchange(tr, P.encode_request(P.Op.RUN, 0, 0, b"\x01" * 21))[0] == P.Status.LENGTH
+    # RUN addressed to a unit the design does not have
+    assert exchange(tr, P.encode_request(P.Op.RUN, 1, 0, b"\x01" * 20))[0] == P.Status.UNIT
     # Longer than the staging buffer: swallowed until the line is quiet, then LENGTH.
     big = P.encode_request(P.Op.WRITE, P.Space.ACT, 0, b"\x00" * 300)
     assert exchange(tr, big, read_timeout=1)[0] == P.Status.LENGTH
@@ -232,7 +240,7 @@ def test_bad_descriptor(dev_tr, desc):
     full = dict(x_addr=0, y_addr=0)
     full.update(desc)
     with pytest.raises(DeviceError) as e:
-        dev.run(**full)
+        dev.unit("linear").run(**full)
     assert e.value.code == P.Status.DESCRIPTOR
     assert not dev.status().busy
     assert_intact(dev)
@@ -240,7 +248,7 @@ def test_bad_descriptor(dev_tr, desc):
 
 def test_largest_descriptor_accepted(dev_tr):
     dev, tr = dev_tr                                # k·ceil(n/lanes) = 64·2 = 128 words: fits
-    dev.run(1, 64, 8, wait=False)
+    dev.unit("linear").run(1, 64, 8, wait=False)
     dev.abort()
 
 
@@ -258,12 +266,17 @@ def test_core_parameter_errors():
         ByteMemory(1)
 
 
-def test_engine_widths_come_from_signatures():
+def test_space_widths_come_from_signatures():
     lin = LinearConfig(lanes=5, weight_bits=6, max_k=32, max_n=40, weight_depth=64)
     core = AcceleratorCore(AcceleratorConfig(linear=lin))
     engine = make_linear_engine(lin)
     assert engine.lanes == 5
-    for unused in (core, core.engine, engine):
+    for unused in (core, engine):
         unused._MustUse__silence = True             # built for their attributes only
-    assert (core.w_depth, core.w_width, core.w_bytes) == (64, 30, 4)
-    assert (core.p_depth, core.p_width, core.p_bytes) == (40, 54, 8)
+    for unit in core.units:
+        unit.discard()
+    spaces = {name: (ws.code, ws.signature.depth,
+                     Shape.cast(ws.signature.members["data"].shape).width, ws.word_bytes)
+              for _, name, ws in core.write_spaces}
+    assert spaces == {"weights": (P.unit_space(0, 0), 64, 30, 4),
+                      "params": (P.unit_space(0, 1), 40, 54, 8)}

@@ -6,16 +6,18 @@ import pytest
 from amaformer.gen.config import AcceleratorConfig, LinearConfig
 from amaformer.hdl import protocol as P
 from amaformer.host import Device, DeviceError
-from amaformer.host.sim import SimTransport
+
+from conftest import sim_transport
 
 DEPTH = 1024
 
 
 @pytest.fixture(scope="module")
-def dev():
+def dev(sim_backend):
     config = AcceleratorConfig(linear=LinearConfig(lanes=4, max_k=64, max_n=64, max_m=64,
                                                    weight_depth=128))
-    tr = SimTransport(config, timeout_cycles=300, act_depth=DEPTH, out_depth=DEPTH)
+    tr = sim_transport(config, sim_backend, timeout_cycles=300, act_depth=DEPTH,
+                       out_depth=DEPTH)
     return Device(tr, timeout=0.01, retries=0, expect=config)
 
 
@@ -28,10 +30,10 @@ def dev():
 def test_descriptor_edges(dev, field, m, k, n):
     span = m * (k if field == "x_addr" else n)
     last = DEPTH - span                 # the job ends exactly at the end of the memory
-    dev.run(m, k, n, wait=False, **{field: last})
+    dev.unit("linear").run(m, k, n, wait=False, **{field: last})
     dev.abort()
     assert not dev.status().busy
     with pytest.raises(DeviceError) as e:
-        dev.run(m, k, n, wait=False, **{field: last + 1})
+        dev.unit("linear").run(m, k, n, wait=False, **{field: last + 1})
     assert e.value.code == P.Status.DESCRIPTOR
     assert not dev.status().busy

@@ -9,7 +9,7 @@ import pytest
 
 from amaranth.back import rtlil, verilog
 
-from amaformer.hdl.top import ByteMemory, SPRAM_BYTES
+from amaformer.hdl.memories import SPRAM_BYTES, ByteMemory
 
 HERE = Path(__file__).resolve().parent
 

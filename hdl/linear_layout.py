@@ -1,14 +1,16 @@
-"""Memory images for the engines: how weights and per-column parameters are laid out on chip.
+"""The linear unit's memory images: how weights and per-column parameters are laid out on chip.
 
-Shared by the compiler, the host driver and the testbenches, so that every writer of the
-weight buffer uses one layout.
+Part of the linear unit's wire format (with :mod:`amaformer.hdl.linear_spec`), shared by the
+compiler, the host driver and the testbenches, so that every writer of the weight buffer uses
+one layout. Imports no gateware; torch only inside the functions that take tensors.
 """
 
 import itertools
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+from .linear_spec import ALPHA_EXP_MAX, ALPHA_TERMS, MODE_CODES, SHIFT_ZERO
 
 __all__ = ["pack_linear_weights", "pack_requant_params", "REQUANT_PARAM_BITS",
            "pack_shift_weights", "pack_bcq_weights", "alpha_code", "BcqMatrix",
@@ -28,6 +30,7 @@ def pack_linear_weights(w, lanes, bits=8):
     list of int
         ``K · ceil(N / lanes)`` words, each ``lanes · bits`` bits wide.
     """
+    import torch
     w = torch.as_tensor(w).to(torch.int64)
     k, n = w.shape
     groups = -(-n // lanes)
@@ -45,6 +48,7 @@ def pack_linear_weights(w, lanes, bits=8):
 
 def pack_requant_params(bias, mult, shift):
     """Parameter words, one per column: ``bias`` (int32) | ``mult`` << 32 | ``shift`` << 48."""
+    import torch
     bias = np.asarray(torch.as_tensor(bias).to(torch.int64)).tolist()
     mult = np.asarray(torch.as_tensor(mult).to(torch.int64)).tolist()
     shift = np.asarray(torch.as_tensor(shift).to(torch.int64)).tolist()
@@ -68,7 +72,7 @@ def pack_shift_weights(w_int, lanes, inputs=1):
     list of int
         ``ceil(K/g) · ceil(N/lanes)`` words, each ``4·lanes·g`` bits wide.
     """
-    from ..hdl.shift import SHIFT_ZERO
+    import torch
     w = torch.as_tensor(w_int).to(torch.int64)
     a = w.abs()
     if bool(torch.any((a > 64) | ((a & (a - 1)) != 0))):
@@ -91,7 +95,6 @@ def pack_shift_weights(w_int, lanes, inputs=1):
 
 
 def _alpha_table():
-    from ..hdl.shiftadd import ALPHA_EXP_MAX, ALPHA_TERMS
     terms = [None] + [(neg, e) for e in range(ALPHA_EXP_MAX + 1) for neg in (0, 1)]
     table = {}
     for combo in itertools.product(terms, repeat=ALPHA_TERMS):
@@ -149,6 +152,7 @@ def pack_bcq_weights(planes, alpha, group, slots):
         bit ``t``, the plane-i bit (1 for +1) of input ``c·8·slots + t·slots + s`` of column n,
         and the α code in bits ``[8·slots, 8·slots + 16)``.
     """
+    import torch
     planes = torch.as_tensor(planes).to(torch.int64)
     alpha = torch.as_tensor(alpha).to(torch.int64)
     q, k, n = planes.shape
@@ -184,8 +188,8 @@ class BcqMatrix:
     """``K×N`` binary-coded weights for the host driver: ``planes`` (``q×K×N`` in {-1, +1}),
     ``alpha`` (``q×G×N`` integers), ``group`` (inputs per α). ``w[:, c0:c1]`` selects columns,
     as the driver does when it splits N."""
-    planes: torch.Tensor
-    alpha: torch.Tensor
+    planes: object      # torch.Tensor
+    alpha: object       # torch.Tensor
     group: int
 
     @property
@@ -200,14 +204,14 @@ class BcqMatrix:
 
 
 def pack_engine_weights(mode, w, lanes, weight_bits=8, inputs=1):
-    """Weight-buffer words for an engine of ``mode`` (a name or a ``protocol.MODE_CODES`` code).
+    """Weight-buffer words for an engine of ``mode`` (a name or a ``linear_spec.MODE_CODES`` code).
 
     ``inputs``: products per lane and cycle of a ``shift`` engine (ignored otherwise).
 
     ``mul``: ``K×N`` integers in ``[-2^(weight_bits-1), 2^(weight_bits-1) - 1]``;
     ``shift``: ``K×N`` integers 0 or ``±2^s``; ``bcq``: a :class:`BcqMatrix`.
     """
-    from ..hdl.protocol import MODE_CODES
+    import torch
     names = {code: name for name, code in MODE_CODES.items()}
     mode = names.get(mode, mode)
     if mode == "bcq":

@@ -1,0 +1,59 @@
+"""The linear unit kind's wire format: ``IDENT`` record, ``RUN`` descriptor, write spaces.
+
+Shared by the gateware (:mod:`amaformer.hdl.linear_unit`) and the host driver
+(:mod:`amaformer.host.linear`); imports no gateware.
+
+``RUN`` descriptor (:data:`DESCRIPTOR`): job ``M×K @ K×N``; X read row-major (``M×K`` int8) from
+``x_addr`` of the activation memory, Y written row-major (``M×N`` int8) to ``y_addr`` of the
+output memory. Spaces: ``weights`` (engine weight words, ``weight_word_bytes`` each) and
+``params`` (per-column requantization words: bias, mult, shift).
+"""
+
+from amaranth import unsigned
+from amaranth.lib import data
+
+from .registry import UnitKind
+
+__all__ = ["LINEAR", "DESCRIPTOR", "RECORD", "MODE_CODES", "SHIFT_CODE_BITS", "SHIFT_ZERO",
+           "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS"]
+
+#: ``shift`` weight code: bits [0:3] = ``s`` for ``±2^s`` (``s`` < levels) or
+#: :data:`SHIFT_ZERO` for a zero weight; bit 3 = negative.
+SHIFT_CODE_BITS = 4
+#: Shift field of a zero weight.
+SHIFT_ZERO = 7
+#: ``bcq`` α: at most this many signed powers of two ...
+ALPHA_TERMS = 3
+#: ... with exponents 0 .. ALPHA_EXP_MAX. One term is 5 bits: [0:3] exponent, 3 negative,
+#: 4 enable; term ``t`` sits at bits ``[5t, 5t+5)`` of a 16-bit α code.
+ALPHA_EXP_MAX = 7
+ALPHA_CODE_BITS = 16
+
+#: Weight encodings as reported by the record's ``mode``.
+MODE_CODES = {"mul": 0, "shift": 1, "bcq": 2}
+
+#: ``RUN`` payload of a linear unit.
+DESCRIPTOR = data.StructLayout({
+    "m": unsigned(32), "k": unsigned(32), "n": unsigned(32),
+    "x_addr": unsigned(32), "y_addr": unsigned(32),
+})
+
+#: ``IDENT`` record: ``weight_bits`` is the code width (shift: 4; bcq: bit planes q);
+#: ``lin_inputs`` the products per lane and cycle (shift: g; else 1).
+RECORD = (
+    ("mode", "B"), ("lanes", "B"), ("act_bits", "B"), ("weight_bits", "B"),
+    ("weight_word_bytes", "B"), ("param_word_bytes", "B"), ("lin_inputs", "B"),
+    ("max_k", "I"), ("max_n", "I"), ("max_m", "I"), ("weight_depth", "I"),
+)
+
+LINEAR = UnitKind(
+    name="linear", code=1, record=RECORD, descriptor=DESCRIPTOR, spaces=("weights", "params"),
+    gateware="amaformer.hdl.linear_unit:LinearUnit",
+    driver="amaformer.host.linear:LinearDriver",
+    golden="amaformer.gen.golden:linear_mul",
+    cycles="amaformer.gen.cost:linear_job_cycles",
+    # weights and parameters are written only while the engine is idle (WRITE answers BUSY
+    # during a job), when their reads are ignored; row buffers and bcq tables: see the engines
+    audit=("engine",),
+    doc="Y = requant(X·W + b): mul (int8 DSP), shift (power of two), bcq (binary-coded LUT)",
+)

@@ -1,0 +1,136 @@
+"""Host half of the linear unit (:mod:`amaformer.hdl.linear_spec`): weight packing, job tiling."""
+
+import numpy as np
+
+from ..hdl import linear_spec as S
+from ..hdl.linear_layout import BcqMatrix, pack_engine_weights, pack_requant_params
+from .device import as_int_array
+from .units import UnitDriver
+
+__all__ = ["LinearDriver"]
+
+
+class LinearDriver(UnitDriver):
+    """``Y = requant(X·W + b)`` on a linear unit: ``dev.unit("linear")``.
+
+    Members
+    -------
+    mode : str
+        ``"mul"``, ``"shift"`` or ``"bcq"``.
+    """
+
+    kind = S.LINEAR
+    modes = S.MODE_CODES
+
+    @classmethod
+    def expected(cls, config):
+        lin = getattr(config, "linear", None)
+        if lin is None or not getattr(lin, "enabled", True):
+            return []
+        return [{"mode": S.MODE_CODES.get(lin.mode), "lanes": lin.lanes,
+                 "act_bits": lin.act_bits, "weight_bits": lin.weight_code_bits,
+                 "max_k": lin.max_k, "max_n": lin.max_n, "max_m": lin.max_m,
+                 "weight_depth": lin.weight_depth,
+                 "lin_inputs": getattr(lin, "shift_inputs", 1) if lin.mode == "shift" else 1}]
+
+    def max_n_for_k(self, k):
+        """Largest job N whose weights fit the buffer for reduction length ``k``."""
+        info = self.info
+        if self.mode == "bcq":         # words: ceil(K / (8·lanes)) · N · q
+            return min(info.max_n, info.weight_depth // (-(-k // (8 * info.lanes))
+                                                         * info.weight_bits))
+        # words: ceil(K/g) · ceil(N / lanes), g = 1 except shift
+        return min(info.max_n, info.weight_depth // -(-k // info.lin_inputs) * info.lanes)
+
+    def load_weights(self, w, bias, mult, shift, *, w_addr=0, p_addr=0):
+        """Write a ``K×N`` integer weight matrix and its per-column bias and (M, S).
+
+        ``w_addr`` and ``p_addr`` are word addresses in the weight buffer and the parameter
+        memory (a job reads its weights from word 0 and its parameters from column 0).
+        """
+        if not isinstance(w, BcqMatrix):
+            w = as_int_array(w, "w", 2)
+        info = self.info
+        # mul: int K×N; shift: K×N in {0, ±2^s}; bcq: a gen.layout.BcqMatrix
+        words = pack_engine_weights(self.mode, w, info.lanes, info.weight_bits,
+                                    inputs=info.lin_inputs)
+        self.write_space("weights", words, info.weight_word_bytes, w_addr)
+        self.write_space("params", pack_requant_params(bias, mult, shift),
+                         info.param_word_bytes, p_addr)
+
+    def run(self, m, k, n, *, x_addr=0, y_addr=0, wait=True):
+        """Start an ``M×K @ K×N`` job; with ``wait``, block until it ends and return its cycles.
+
+        Raises
+        ------
+        DeviceError
+            ``code`` :attr:`~amaformer.hdl.protocol.Status.DESCRIPTOR` if the job does not
+            fit.
+        """
+        # issue cycles, a lower bound
+        est = m * -(-k // self.info.lin_inputs) * -(-n // self.info.lanes)
+        return self.run_descriptor(dict(m=m, k=k, n=n, x_addr=x_addr, y_addr=y_addr),
+                                   wait=wait, expected_cycles=est)
+
+    def linear(self, x, w, bias, mult, shift, *, as_tensor=None):
+        """``Y = requant(X·W + b)`` on the device, tiled so that every job fits.
+
+        N is split into tiles whose weights fit the weight buffer (``max_n_for_k``), M into
+        tiles that fit ``max_m`` and the activation and output memories; K must fit ``max_k``
+        (it is never split, so that outputs are requantized on chip).
+
+        Parameters
+        ----------
+        x : ``M×K`` integers (numpy or torch)
+        w : ``K×N`` integers (``shift`` devices: 0 or ±2^s; ``bcq`` devices: a
+            :class:`~amaformer.gen.layout.BcqMatrix`)
+        bias, mult, shift : ``N`` integers each (see :mod:`amaformer.gen.numerics`)
+        as_tensor : bool or None
+            Return a torch tensor; ``None``: when ``x`` is one.
+
+        Returns
+        -------
+        ``M×N`` int8 array (or tensor). The device's ``last_cycles`` holds the summed job
+        cycles, ``job_cycles`` each job's.
+        """
+        if as_tensor is None:
+            as_tensor = type(x).__module__.startswith("torch")
+        x = as_int_array(x, "x", 2)
+        w = w if isinstance(w, BcqMatrix) else as_int_array(w, "w", 2)
+        bias, mult, shift = (as_int_array(v, name, 1) for v, name in
+                             ((bias, "bias"), (mult, "mult"), (shift, "shift")))
+        M, K = x.shape
+        if w.shape[0] != K:
+            raise ValueError(f"w must have K = {K} rows (x is {M}×{K}), not {w.shape[0]}")
+        N = w.shape[1]
+        for v, name in ((bias, "bias"), (mult, "mult"), (shift, "shift")):
+            if v.shape != (N,):
+                raise ValueError(f"{name} must have N = {N} entries, not {v.shape[0]}")
+        info, dev = self.info, self.device
+        if not 1 <= K <= info.max_k:
+            raise ValueError(f"K must be in [1, {info.max_k}] for this device, not {K}")
+        n_tile = self.max_n_for_k(K)
+        if n_tile < 1:
+            raise ValueError(f"K = {K} does not fit the weight buffer "
+                             f"({info.weight_depth} words)")
+        n_tile = min(n_tile, N, dev.info.out_depth)
+        m_tile = min(M, info.max_m, dev.info.act_depth // K, dev.info.out_depth // n_tile)
+        y = np.zeros((M, N), dtype=np.int8)
+        dev.job_cycles = []
+        if m_tile == M:
+            dev.write_activations(x)
+        for c0 in range(0, N, n_tile):
+            c1 = min(N, c0 + n_tile)
+            self.load_weights(w[:, c0:c1], bias[c0:c1], mult[c0:c1], shift[c0:c1])
+            for r0 in range(0, M, m_tile):
+                r1 = min(M, r0 + m_tile)
+                if m_tile != M:
+                    dev.write_activations(x[r0:r1])
+                dev.job_cycles.append(self.run(r1 - r0, K, c1 - c0))
+                y[r0:r1, c0:c1] = dev.read_outputs(r1 - r0, c1 - c0)
+        dev.last_cycles = sum(dev.job_cycles)
+        if as_tensor:
+            import torch
+            return torch.from_numpy(y)
+        return y
+
