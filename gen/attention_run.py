@@ -1,5 +1,7 @@
-"""Run the attention kernel of a configuration on data: RTL in the Amaranth simulator, checked
-bit for bit against the golden model and measured against float PyTorch.
+"""Run the attention kernel of a configuration on data: the kernel's RTL alone in the Amaranth
+simulator, or the whole top through the host driver (on the simulated device, Verilator by
+default, or a board), checked bit for bit against the golden model and measured against float
+PyTorch.
 
 Used by ``amaformer attention`` (see :mod:`amaformer.gen.cli`). Q, K, V come from a real
 all-MiniLM-L6-v2 layer on a sentence, or are random.
@@ -236,10 +238,11 @@ def run_attention(att, *, sentence=None, layer=0, tokens=16, mask="dense", seed=
 
 
 def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens=16,
-                         mask="dense", seed=0, timeout=2.0, retries=3):
+                         mask="dense", seed=0, timeout=2.0, retries=3, backend=None):
     """Run one attention job through the host driver on ``device``: ``"sim"`` (the
-    configuration's top, with the attention unit, in Amaranth's simulator) or a serial port
-    (a board running that configuration's bitstream).
+    configuration's top, with the attention unit, simulated on ``backend``: see
+    :func:`amaformer.host.sim.make_sim_transport`; default Verilator, falling back to Amaranth's
+    simulator) or a serial port (a board running that configuration's bitstream).
 
     Q, K, V come from all-MiniLM-L6-v2 layer ``layer`` on ``sentence`` (heads and head dimension
     cut to ``config.attention``) or are random (``tokens``, ``seed``), quantized to int8 per
@@ -252,6 +255,8 @@ def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens
     OSError, amaformer.host.DeviceError
         The serial port cannot be opened, or the device does not answer or differs from
         ``config`` (which is taken with ``attention.enabled = true``).
+    amaformer.host.verilator.VerilatorUnavailable
+        ``backend="verilator"`` and the Verilator build cannot run.
     """
     import dataclasses
 
@@ -266,7 +271,7 @@ def run_attention_device(config, device="sim", *, sentence=None, layer=0, tokens
     quant = [tuple(quantize(t[h]) for t in (qf, kf, vf)) for h in range(heads)]
     q, k, v = (torch.stack([qq[i][0] for qq in quant]) for i in range(3))
     scales = [tuple(float(x[1]) for x in qq) for qq in quant]          # (sq, sk, sv) per head
-    dev = open_device(device, config, timeout=timeout, retries=retries)
+    dev = open_device(device, config, timeout=timeout, retries=retries, backend=backend)
     try:
         if att.mode == "softmax":
             keep = {"dense": None, "causal": causal_mask(n),

@@ -15,6 +15,7 @@ when flashing) exits with 1. No traceback either way.
 """
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -72,6 +73,35 @@ def _config_arg(required=False):
                help="accelerator configuration (TOML; `amaformer config` prints the default "
                     "one to start from)" + ("" if required else
                                             "; default: the built-in default configuration"))
+
+
+def _backend_arg():
+    return arg("--backend", choices=["auto", "verilator", "amaranth"], default=None,
+               help="simulated device only: 'auto' (default, or $AMAFORMER_SIM_BACKEND): the "
+                    "top compiled with Verilator (built once per design, cached in "
+                    "$AMAFORMER_CACHE_DIR or ~/.cache/amaformer), or Amaranth's simulator "
+                    "when the C++ toolchain is missing or fails (one line says why); "
+                    "'verilator': fail instead of falling back; 'amaranth': the Python "
+                    "simulator (no build, about a thousand times slower)")
+
+
+@contextlib.contextmanager
+def _device_errors(device, value_errors=False):
+    """Turn what opening and driving a device raises into one-line CLI errors: OSError, a
+    DeviceError (prefixed with the device), an unavailable Verilator (``--backend verilator``;
+    ``auto`` falls back), and with ``value_errors`` a ValueError (bad input)."""
+    from ..host import DeviceError
+    from ..host.verilator import VerilatorUnavailable
+    try:
+        yield
+    except DeviceError as e:
+        raise RunError(f"device {device}: {e}") from None
+    except (OSError, VerilatorUnavailable) as e:
+        raise RunError(str(e)) from None
+    except ValueError as e:
+        if not value_errors:
+            raise
+        raise CliError(str(e)) from None
 
 
 def _load(path):
@@ -313,12 +343,22 @@ def cmd_flash(args):
 
 
 @subcommand(
-    "run", "run a linear layer on a device (a board's serial port, or the simulated device)",
+    "run", "run a whole model, or one linear layer, on a device (a board's serial port, or the "
+           "simulated device)",
+    arg("sentences", nargs="*", metavar="SENTENCE",
+        help="--model: sentences to embed (default: three held-out sentences)"),
+    arg("--model", choices=["minilm"], default=None,
+        help="run the whole model (all-MiniLM-L6-v2: every linear layer and attention on the "
+             "device units, the rest on the host) and compare its sentence embeddings with "
+             "float PyTorch; without --config, the whole-model configuration (linear + softmax "
+             "attention units, ULX3S-85F)"),
+    arg("--report", metavar="R.json", default=None,
+        help="--model: build report (amaformer build) whose placed fmax the board estimate uses"),
     arg("--device", "-d", metavar="D", default="sim",
         help="'sim' (default: the configuration's top compiled with Verilator, or in Amaranth's "
-             "simulator when Verilator is unavailable; $AMAFORMER_SIM_BACKEND = auto, verilator "
-             "or amaranth chooses) or a serial port such as /dev/ttyUSB1 (the board runs the "
-             "configuration's bitstream)"),
+             "simulator when Verilator is unavailable; see --backend) or a serial port such as "
+             "/dev/ttyUSB1 (the board runs the configuration's bitstream)"),
+    _backend_arg(),
     _config_arg(),
     arg("--layer", choices=["random", "minilm"], default="random",
         help="'random' (default: random int8 operands, --shape, --seed) or 'minilm' (layer 0's "
@@ -337,8 +377,12 @@ def cmd_flash(args):
                 "does not answer.")
 def cmd_run(args):
     import json
-    from ..host import DeviceError
     from .run import compile_minilm, open_device, random_layer, run_layer
+
+    if args.model:
+        return _run_model(args)
+    if args.sentences:
+        raise CliError("sentences are taken with --model only")
 
     config = _load(args.config)
     if args.layer == "random":
@@ -357,13 +401,10 @@ def cmd_run(args):
             raise CliError(f"--cols: {e}") from None
         operands = (prog.quantize_input(x), prog.w, prog.bias, prog.mult, prog.shift)
         extra = dict(float_layer=layer, float_x=x, out_scale=prog.out_scale)
-    try:
-        dev = open_device(args.device, config, timeout=args.timeout, retries=args.retries)
+    with _device_errors(args.device):
+        dev = open_device(args.device, config, timeout=args.timeout, retries=args.retries,
+                          backend=args.backend)
         res = run_layer(dev, *operands, **extra)
-    except OSError as e:
-        raise RunError(str(e)) from None
-    except DeviceError as e:
-        raise RunError(f"device {args.device}: {e}") from None
     m, k = operands[0].shape
     n = operands[1].shape[1]
     line = (f"{args.layer} layer {m}x{k}x{n} on {args.device}: bit-exact {res.bit_exact}, "
@@ -376,6 +417,85 @@ def cmd_run(args):
     if args.json:
         Path(args.json).write_text(json.dumps(res.to_dict(), indent=2) + "\n")
     return 0 if res.bit_exact else 1
+
+
+def _run_model(args):
+    """``amaformer run --model minilm``: the whole model through the compiler and runtime."""
+    import json
+    from .model import capture
+    from .model.minilm import load_minilm, load_sentences
+    from .model_run import minilm_config, run_minilm
+    from .program import ProgramError, check_units
+    from .run import open_device
+
+    config = _load(args.config) if args.config else minilm_config()
+    sentences = args.sentences or load_sentences()[1][:3]
+    report = None
+    if args.report:
+        try:
+            report = json.loads(Path(args.report).read_text())
+        except (OSError, ValueError) as e:
+            raise CliError(f"--report {args.report}: {e}") from None
+    with _device_errors(args.device, value_errors=True):
+        try:
+            check_units(capture(load_minilm().model), config)   # before a device is opened
+            dev = open_device(args.device, config, timeout=args.timeout, retries=args.retries,
+                              backend=args.backend)
+            out = run_minilm(sentences, config, dev, report=report)
+        except ProgramError as e:
+            raise CliError(f"cannot compile the model for this configuration: {e}") from None
+    _print_model_run(out, args.device)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+def _print_model_run(out, device):
+    from rich.console import Console
+    from rich.table import Table
+    con = Console()
+    t = Table(title=f"{out['model']} on {device} ({out.get('sim_backend', 'board')}), "
+                    f"{sum(out['tokens'])} tokens in {len(out['tokens'])} sentences, "
+                    f"encoding {out['encoding']}")
+    for col in ("layer", "device cycles", "linear jobs", "bytes moved", "cosine vs float"):
+        t.add_column(col, justify="right")
+    for i, tr in enumerate(out["trace"]):
+        t.add_row(str(i), f"{tr['cycles']:,}", str(tr["linear_jobs"]),
+                  f"{tr['bytes_moved']:,}", f"{out['layer_cosines'][i]:.5f}")
+    con.print(t)
+    for s, c in zip(out["sentences"], out["cosine"]):
+        con.print(f"  cosine {c:.5f}  {s}")
+    con.print(f"sentence-embedding cosine vs float PyTorch: min {out['cosine_min']:.5f}")
+    con.print(f"estimated on {out['board']} at {out['clock_mhz']} MHz ({out['clock_from']}): "
+              f"{out['est_board_seconds']:.3f} s of compute; the link moves "
+              f"{out['bytes_moved']:,} bytes, {out['est_link_seconds']:.1f} s at "
+              f"{out['baud']} baud (reported apart)")
+    con.print(f"placement: device linear unit: {', '.join(out['placement']['linear'])}; "
+              f"device attention unit: {', '.join(out['placement']['attention'])}; host: "
+              f"{', '.join(out['placement']['host'])}")
+    if "sim_seconds" in out:
+        extra = (f", {out['sim_cycles']:,} simulated cycles, {out['cycles_per_second']:,} "
+                 f"cycles/s" if "sim_cycles" in out else "")
+        con.print(f"run took {out['sim_seconds']:.1f} s{extra}")
+
+
+@subcommand(
+    "report", "write one self-contained HTML page from a whole-model run's directory",
+    arg("dir", metavar="DIR", help="directory holding run.json (amaformer run --model ... --json "
+                                   "DIR/run.json) and optionally a build report.json"),
+    description="Per-layer cycles and bytes moved, where each operation ran, accuracy per "
+                "layer, the board's utilization (from DIR/report.json or DIR/build/report.json) "
+                "and plots, in DIR/report.html.")
+def cmd_report(args):
+    from .report import ReportError, write_report
+    try:
+        out = write_report(args.dir)
+    except ReportError as e:
+        raise CliError(str(e)) from None
+    print(f"wrote {out}")
+    return 0
 
 
 @subcommand(
@@ -395,6 +515,7 @@ def cmd_run(args):
              "attention unit, simulated as for 'run --device sim') or a serial port such as "
              "/dev/ttyUSB1 "
              "(a board built with attention.enabled = true); default: the kernel alone"),
+    _backend_arg(),
     arg("--timeout", type=float, default=2.0, metavar="S",
         help="--device: seconds to wait for each response (default 2)"),
     arg("--retries", type=int, default=3, help="--device: resends of a failed exchange "
@@ -409,7 +530,6 @@ def cmd_run(args):
 def cmd_attention(args):
     import dataclasses
     import json
-    from ..host import DeviceError
     from .attention_run import run_attention, run_attention_device
 
     config = _load(args.config)
@@ -420,7 +540,7 @@ def cmd_attention(args):
     if not 1 <= args.tokens <= att.max_tokens:
         raise CliError(f"--tokens must be in [1, {att.max_tokens}] (attention.max_tokens), "
                        f"not {args.tokens}")
-    try:
+    with _device_errors(args.device, value_errors=True):
         if args.device is None:
             res = run_attention(att, sentence=args.sentence, layer=args.layer,
                                 tokens=args.tokens, mask=args.mask, seed=args.seed)
@@ -429,13 +549,8 @@ def cmd_attention(args):
             res = run_attention_device(
                 config.replace(attention=dataclasses.replace(att, enabled=True)), args.device,
                 sentence=args.sentence, layer=args.layer, tokens=args.tokens, mask=mask,
-                seed=args.seed, timeout=args.timeout, retries=args.retries)
-    except ValueError as e:
-        raise CliError(str(e)) from None
-    except OSError as e:
-        raise RunError(str(e)) from None
-    except DeviceError as e:
-        raise RunError(f"device {args.device}: {e}") from None
+                seed=args.seed, timeout=args.timeout, retries=args.retries,
+                backend=args.backend)
     print(f"{res.mode} attention, {res.heads} head(s) x {res.tokens} tokens x d={res.head_dim} "
           f"({res.mask}): bit-exact {res.bit_exact}, {res.cycles} cycles (model "
           f"{res.model_cycles}), cosine vs float {res.cosine_vs_float:.6f}, "
@@ -463,6 +578,11 @@ def make_parser():
         for names, kwargs in args:
             p.add_argument(*names, **kwargs)
     return parser
+
+
+from .search_cli import register as _register_search   # noqa: E402  (after subcommand())
+
+_register_search(subcommand, arg)
 
 
 def main(argv=None):

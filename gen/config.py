@@ -11,7 +11,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
-__all__ = ["ConfigError", "LinearConfig", "UartConfig", "AttentionConfig", "AcceleratorConfig",
+__all__ = ["ConfigError", "LinearConfig", "UartConfig", "AttentionConfig", "SparseDenseConfig",
+           "AcceleratorConfig",
            "load_config", "save_config", "dump_toml"]
 
 LINEAR_MODES = ("mul", "shift", "bcq")
@@ -284,6 +285,75 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
+class SparseDenseConfig:
+    """Parameters of the sparse-dense coordinator (ViTCoD, :mod:`amaformer.hdl.sparse_dense`):
+    softmax attention under a fixed, polarized mask on a denser and a sparser engine.
+
+    Parameters
+    ----------
+    dense_lanes, sparse_lanes : int
+        The lane split, fixed when the design is generated: ``W_d`` lanes of the denser engine
+        (lock step over the global-token columns of a block of ``W_d`` rows) and ``W_s`` lanes
+        of the sparser engine (one list of kept ``(row, key)`` pairs each). Each lane has a
+        score MAC and a weighted-sum MAC. Choose them from calibration masks with
+        :func:`amaformer.gen.sparse_dense.config_from_masks` (which calls
+        :func:`~amaformer.gen.sparse_dense.lane_split`); per head, at run time, the compiler
+        moves work between the engines to match the split.
+    heads, head_dim, max_tokens : int
+        Largest number of heads, head dimension d and tokens N of a job.
+    dense_depth : int
+        Entries of the denser engine's list memory (all heads of a job).
+    sparse_depth : int
+        Entries of each sparse lane's list memory (a power of two).
+    qkv_buffers : int
+        Heads of Q, K, V held on chip (2 to 8): the loader runs up to ``qkv_buffers - 1``
+        heads ahead, so that light and heavy heads of a job average out.
+    exp_frac_bits, p_bits, recip_table_bits, recip_bits, recip_mant_bits, guard_bits : int
+        Fixed-point format, as in :class:`AttentionConfig` (same arithmetic).
+    enabled : bool
+        Put the coordinator in the accelerator (a unit behind the command interface). Off by
+        default: it does not fit an iCE40UP5K (build it for an ECP5 board).
+    """
+    dense_lanes: int = 1
+    sparse_lanes: int = 3
+    heads: int = 12
+    head_dim: int = 32
+    max_tokens: int = 128
+    dense_depth: int = 4096
+    sparse_depth: int = 4096
+    qkv_buffers: int = 3
+    exp_frac_bits: int = 6
+    p_bits: int = 12
+    recip_table_bits: int = 6
+    recip_bits: int = 15
+    recip_mant_bits: int = 16
+    guard_bits: int = 8
+    enabled: bool = False
+
+    def __post_init__(self):
+        _check_int("sparse_dense.dense_lanes", self.dense_lanes, 1, 32)
+        _check_int("sparse_dense.sparse_lanes", self.sparse_lanes, 1, 32)
+        _check_int("sparse_dense.heads", self.heads, 1, 256)
+        _check_int("sparse_dense.head_dim", self.head_dim, 1, 256)
+        _check_int("sparse_dense.max_tokens", self.max_tokens, 2, 1 << 15)
+        _check_int("sparse_dense.dense_depth", self.dense_depth, 1, 1 << 24)
+        _check_int("sparse_dense.sparse_depth", self.sparse_depth, 2, 1 << 24)
+        if self.sparse_depth & (self.sparse_depth - 1):
+            raise ConfigError(f"sparse_dense.sparse_depth must be a power of two, "
+                              f"not {self.sparse_depth!r}")
+        _check_int("sparse_dense.qkv_buffers", self.qkv_buffers, 2, 8)
+        _check_int("sparse_dense.exp_frac_bits", self.exp_frac_bits, 1, 10)
+        _check_int("sparse_dense.p_bits", self.p_bits, 4, 16)
+        _check_int("sparse_dense.recip_table_bits", self.recip_table_bits, 2, 10)
+        _check_int("sparse_dense.recip_bits", self.recip_bits, 8, 24)
+        _check_int("sparse_dense.recip_mant_bits", self.recip_mant_bits,
+                   self.recip_table_bits + 2, 24)
+        _check_int("sparse_dense.guard_bits", self.guard_bits, 0, self.recip_bits - 1)
+        if not isinstance(self.enabled, bool):
+            raise ConfigError(f"sparse_dense.enabled must be true or false, not {self.enabled!r}")
+
+
+@dataclass(frozen=True)
 class AcceleratorConfig:
     """Everything needed to generate, build and drive one accelerator.
 
@@ -298,6 +368,7 @@ class AcceleratorConfig:
     linear : LinearConfig
     uart : UartConfig
     attention : AttentionConfig
+    sparse_dense : SparseDenseConfig
     """
     name: str = "amaformer"
     board: str = "icebreaker"
@@ -305,6 +376,7 @@ class AcceleratorConfig:
     linear: LinearConfig = field(default_factory=LinearConfig)
     uart: UartConfig = field(default_factory=UartConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
+    sparse_dense: SparseDenseConfig = field(default_factory=SparseDenseConfig)
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -317,12 +389,13 @@ class AcceleratorConfig:
             raise ConfigError(f"clock_mhz must be a number in [1, 500] or absent, "
                               f"not {self.clock_mhz!r}")
         for name, cls in (("linear", LinearConfig), ("uart", UartConfig),
-                          ("attention", AttentionConfig)):
+                          ("attention", AttentionConfig),
+                          ("sparse_dense", SparseDenseConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, not {getattr(self, name)!r}")
-        if not self.linear.enabled and not self.attention.enabled:
-            raise ConfigError("linear.enabled and attention.enabled must not both be false "
-                              "(the accelerator would have no engine)")
+        if not (self.linear.enabled or self.attention.enabled or self.sparse_dense.enabled):
+            raise ConfigError("linear.enabled, attention.enabled and sparse_dense.enabled must "
+                              "not all be false (the accelerator would have no engine)")
 
     def replace(self, **changes):
         """Return a copy with top-level fields replaced (validated again)."""
@@ -356,7 +429,8 @@ def _from_dict(cls, d, prefix):
         raise ConfigError(str(e)) from None
 
 
-_SECTIONS = {"linear": LinearConfig, "uart": UartConfig, "attention": AttentionConfig}
+_SECTIONS = {"linear": LinearConfig, "uart": UartConfig, "attention": AttentionConfig,
+             "sparse_dense": SparseDenseConfig}
 
 
 def _to_dict(obj):

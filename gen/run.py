@@ -42,6 +42,8 @@ def open_device(spec, config, *, timeout=2.0, retries=3, **sim_kwargs):
         The serial port cannot be opened.
     amaformer.host.DeviceError
         The device does not answer, or is not the design ``config`` describes.
+    amaformer.host.verilator.VerilatorUnavailable
+        ``backend="verilator"`` and the Verilator build cannot run (``"auto"`` falls back).
     """
     from ..host import Device, SerialTransport
     if spec == "sim":
@@ -164,10 +166,12 @@ def compile_minilm(which="query", cols=384, sentence=MINILM_SENTENCE, linear=Non
 SHIFT_DEMO_INPUTS, SHIFT_DEMO_LEVELS = 16, 4
 
 
-def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
+def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None, backend=None):
     """Run one random float layer ``Y = X·W + b`` (``M×K @ K×N``) in each weight encoding (mul,
     shift, bcq with q = 2) on the simulated device through the host driver: the demo's table of
-    the three modes.
+    the three modes. ``backend``: as :func:`~amaformer.host.sim.make_sim_transport` (three small
+    designs: on Verilator about 30 s to build the first time, then well under a second; about
+    25 s every time on the Amaranth simulator).
 
     Returns
     -------
@@ -177,7 +181,7 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
         (device output equals the golden model), ``rel_error`` (dequantized output vs float).
     """
     from ..host import Device
-    from ..host.sim import SimTransport
+    from ..host.sim import make_sim_transport
     from .config import AcceleratorConfig, LinearConfig
     from .golden import linear_bcq, linear_shift
     from .numerics import quantize
@@ -214,7 +218,8 @@ def compare_encodings(m=4, k=64, n=40, seed=0, lanes=None):
         b_int = torch.round(bias / acc_scale).to(torch.int64)
         mult, shift = requant_params(acc_scale / sy)
         acfg = AcceleratorConfig(linear=cfg)
-        dev = Device(SimTransport(acfg, act_depth=1024, out_depth=1024), expect=acfg)
+        dev = Device(make_sim_transport(acfg, backend, act_depth=1024, out_depth=1024),
+                     expect=acfg)
         y = dev.unit("linear").linear(xq, wq, b_int, mult, shift, as_tensor=True).to(torch.int64)
         if kind == "mul":
             gold = linear_mul(xq, wq, b_int, mult, shift)

@@ -1,5 +1,8 @@
 """Sparse-dense coordinator (ViTCoD): lane split, job packing, bit-exact golden model, exact cycle
-model and a simulated device for :class:`amaformer.hdl.sparse_dense.SparseDenseUnit`.
+model, and a simulation harness for the bare engine
+(:class:`amaformer.hdl.sparse_dense.SparseDenseEngine`; behind the top it is the unit
+:class:`amaformer.hdl.sparse_dense_unit.SparseDenseUnit`, driven by
+:class:`amaformer.host.sparse_dense.SparseDenseDriver`).
 
 Golden model
 ------------
@@ -25,13 +28,16 @@ rescale (a few LSB of ``l`` and ``a``, below one output LSB in practice). The su
 states is exact integer arithmetic, so its order does not matter and the hardware merge is
 bit-exact with this model.
 
-Lane split (generator time, from mask statistics)
--------------------------------------------------
+Lane split (generator time, from mask statistics; work split per head at run time)
+----------------------------------------------------------------------------------
 :func:`lane_split` fixes ``W_d + W_s = W`` lanes when the hardware is generated, minimizing the
-modelled cycles over the calibration masks (ViTCoD's ``W_d ≈ W·gN / (gN + nnz_sparse)``). At run
-time, per head, :func:`amaformer.gen.masks.polarize_for_split` picks the head's global columns so
-that its dense work and sparse work match that split; the sparse list is cut into ``W_s`` equal
-runs, so a head whose entries crowd a few rows still keeps every sparse lane busy.
+modelled cycles over the calibration masks (ViTCoD's ``W_d ≈ W·gN / (gN + nnz_sparse)``;
+:func:`config_from_masks` turns it into a configuration). The lanes are wires, so the split
+cannot change at run time; the *work* moves instead: per head, :func:`plan_head` picks the
+head's global columns (fullest first) and, for the next column, how many row blocks the dense
+engine takes, so that the dense engine's time and the slowest sparse lane's time are as equal
+as possible; the sparse list is cut into ``W_s`` equal runs, so a head whose entries crowd a
+few rows still keeps every sparse lane busy.
 """
 
 import math
@@ -42,9 +48,9 @@ import torch
 from .attention import SoftmaxFormat, exp2_fixed, rshift_round, softmax_normalize
 from .masks import MaskError, Polarized, check_mask, load_masks, polarize_for_split
 
-__all__ = ["HeadPlan", "split_coo", "plan_head", "lane_split", "segment_states",
-           "merge_states", "partial_states", "sparse_dense_golden", "pack_job", "Job",
-           "sparse_dense_cycles",
+__all__ = ["HeadPlan", "split_coo", "plan_head", "plan_job", "lane_split", "config_from_masks",
+           "segment_states", "merge_states", "partial_states", "sparse_dense_golden", "pack_job",
+           "Job", "unit_limits", "head_order", "sparse_dense_cycles", "sparse_dense_job_cycles",
            "busy_fractions", "simulate_job", "run_mask_file"]
 
 
@@ -95,6 +101,10 @@ class HeadPlan:
 
     def dense_pairs(self):
         return sum(len(x) for x in self.dense)
+
+    def dense_pairs_list(self):
+        """The dense engine's ``(block, key)`` entries in its order."""
+        return [(b, j) for b, keys in enumerate(self.dense) for j in keys]
 
 
 def plan_head(keep, dense_lanes, sparse_lanes, polarized=None, partial=True):
@@ -148,7 +158,7 @@ def plan_head(keep, dense_lanes, sparse_lanes, polarized=None, partial=True):
 
 
 def _head_pair_cycles(plan, d):
-    T = max(d, _hw().PAIR_MIN)
+    T = max(d, _spec().PAIR_MIN)
     return (plan.dense_pairs() + 1) * T, max((len(x) + 1) * T for x in plan.lanes)
 
 
@@ -262,7 +272,7 @@ def _head_golden(q, k, v, prm, plan, fmt):
 
 
 def sparse_dense_golden(q, k, v, params, plans, fmt=SoftmaxFormat()):
-    """Bit-exact output of :class:`~amaformer.hdl.sparse_dense.SparseDenseUnit`.
+    """Bit-exact output of :class:`~amaformer.hdl.sparse_dense.SparseDenseEngine`.
 
     Parameters
     ----------
@@ -286,9 +296,24 @@ def sparse_dense_golden(q, k, v, params, plans, fmt=SoftmaxFormat()):
 
 # --- job packing -----------------------------------------------------------------------------
 
-def _hw():
-    from amaformer.hdl import sparse_dense as hw
-    return hw
+def _spec():
+    from amaformer.hdl import sparse_dense_spec as spec
+    return spec
+
+
+def unit_limits(unit):
+    """``(max_heads, max_tokens, max_dim, dense_lanes, sparse_lanes, dense_depth,
+    sparse_depth)`` of ``unit``: a :class:`~amaformer.hdl.sparse_dense.SparseDenseEngine`, a
+    :class:`~amaformer.gen.config.SparseDenseConfig` or the unit's ``IDENT`` row
+    (:class:`~amaformer.host.UnitInfo`)."""
+    def get(*names):
+        for nm in names:
+            v = getattr(unit, nm, None)
+            if v is not None:
+                return int(v)
+        raise AttributeError(f"unit must have {names[0]}")
+    return (get("max_heads", "heads"), get("max_tokens"), get("max_dim", "head_dim"),
+            get("dense_lanes"), get("sparse_lanes"), get("dense_depth"), get("sparse_depth"))
 
 
 def _pack(layout, values):
@@ -314,7 +339,8 @@ class Job:
     hp_words: list
     dense_words: list           # from dense_addr
     sparse_words: list          # per lane, from sparse_addr
-    plans: list
+    plans: list                 # in job order
+    order: list = None          # job head i is the caller's head order[i] (None: identity)
 
 
 def pack_job(plans, params, *, unit, tokens, dim, q_addr=0, k_addr=None, v_addr=None,
@@ -330,17 +356,17 @@ def pack_job(plans, params, *, unit, tokens, dim, q_addr=0, k_addr=None, v_addr=
     MaskError
         One line naming what does not fit.
     """
-    hw = _hw()
+    spec = _spec()
+    max_heads, max_tokens, max_dim, wd, ws, dense_depth, sparse_depth = unit_limits(unit)
     heads = len(plans)
-    if not 1 <= heads <= unit.max_heads:
-        raise MaskError(f"heads must be in [1, {unit.max_heads}], not {heads!r}")
-    if not 1 <= tokens <= unit.max_tokens:
-        raise MaskError(f"tokens must be in [1, {unit.max_tokens}], not {tokens!r}")
-    if not 1 <= dim <= unit.max_dim:
-        raise MaskError(f"dim must be in [1, {unit.max_dim}], not {dim!r}")
+    if not 1 <= heads <= max_heads:
+        raise MaskError(f"heads must be in [1, {max_heads}], not {heads!r}")
+    if not 1 <= tokens <= max_tokens:
+        raise MaskError(f"tokens must be in [1, {max_tokens}], not {tokens!r}")
+    if not 1 <= dim <= max_dim:
+        raise MaskError(f"dim must be in [1, {max_dim}], not {dim!r}")
     if len(params) != heads:
         raise MaskError(f"params must have one entry per head ({heads}), not {len(params)}")
-    wd, ws = unit.dense_lanes, unit.sparse_lanes
     for h, pl in enumerate(plans):
         if pl.n != tokens:
             raise MaskError(f"mask of head {h} must be {tokens}×{tokens}, not {pl.n}×{pl.n}")
@@ -350,8 +376,8 @@ def pack_job(plans, params, *, unit, tokens, dim, q_addr=0, k_addr=None, v_addr=
     size = heads * tokens * dim
     k_addr = size if k_addr is None else k_addr
     v_addr = 2 * size if v_addr is None else v_addr
-    de_lay = hw.dense_entry_layout(unit.max_tokens, wd)
-    se_lay = hw.sparse_entry_layout(unit.max_tokens)
+    de_lay = spec.dense_entry_layout(max_tokens, wd)
+    se_lay = spec.sparse_entry_layout(max_tokens)
     hp_words, dense_words = [], []
     sparse_words = [[] for _ in range(ws)]
     for h, pl in enumerate(plans):
@@ -359,7 +385,7 @@ def pack_job(plans, params, *, unit, tokens, dim, q_addr=0, k_addr=None, v_addr=
             raise MaskError(f"plan of head {h} must be for {wd} dense lanes, "
                             f"not {pl.dense_lanes}")
         sm, ss, om, os_ = params[h]
-        hp_words.append(_pack(hw.SDHeadParams, {"score_mult": sm, "score_shift": ss,
+        hp_words.append(_pack(spec.HEAD_PARAMS, {"score_mult": sm, "score_shift": ss,
                                                 "out_mult": om, "out_shift": os_}))
         keep = pl.pol.keep()
         for b, keys in enumerate(pl.dense):
@@ -375,12 +401,12 @@ def pack_job(plans, params, *, unit, tokens, dim, q_addr=0, k_addr=None, v_addr=
                 sparse_words[s].append(_pack(se_lay, {"key": j, "row": r, "first": first,
                                                       "last": last}))
             sparse_words[s].append(_pack(se_lay, {"eoh": 1}))
-    if dense_addr + len(dense_words) > unit.dense_depth:
-        raise MaskError(f"dense entries must fit in the unit's {unit.dense_depth} from "
+    if dense_addr + len(dense_words) > dense_depth:
+        raise MaskError(f"dense entries must fit in the unit's {dense_depth} from "
                         f"dense_addr {dense_addr}, not {len(dense_words)}")
     for s, ws_ in enumerate(sparse_words):
-        if sparse_addr + len(ws_) > unit.sparse_depth:
-            raise MaskError(f"sparse lane {s}'s list must fit in the unit's {unit.sparse_depth}"
+        if sparse_addr + len(ws_) > sparse_depth:
+            raise MaskError(f"sparse lane {s}'s list must fit in the unit's {sparse_depth}"
                             f" entries from sparse_addr {sparse_addr}, not {len(ws_)}")
     desc = dict(heads=heads, tokens=tokens, dim=dim, q_addr=q_addr, k_addr=k_addr,
                 v_addr=v_addr, o_addr=o_addr, dense_addr=dense_addr, sparse_addr=sparse_addr)
@@ -404,7 +430,7 @@ def sparse_dense_cycles(plans, tokens, dim, dense_lanes, detail=False, qkv_buffe
     ``detail=True`` returns ``(cycles, info)`` with the per-head phase cycles and the beat
     counts of the engines (``dense_beats``, ``sparse_beats``).
     """
-    hw = _hw()
+    hw = _spec()
     n, d, wd = tokens, dim, dense_lanes
     T = max(d, hw.PAIR_MIN)
     H = len(plans)
@@ -472,6 +498,84 @@ def busy_fractions(plans, tokens, dim, dense_lanes, sparse_lanes, qkv_buffers=2)
     cyc, info = sparse_dense_cycles(plans, tokens, dim, dense_lanes, detail=True,
                                     qkv_buffers=qkv_buffers)
     return cyc, info["dense_beats"] / cyc, info["sparse_beats"] / (sparse_lanes * cyc)
+
+
+def sparse_dense_job_cycles(plans, tokens, dim, dense_lanes, qkv_buffers=2):
+    """Cycles of a job through the top, as ``STATUS`` reports them (the unit kind's cycle
+    model): from the start edge through the ``done`` edge, one more than
+    :func:`sparse_dense_cycles` (the engine's own count). Exact (memory ports never stalled
+    behind the top)."""
+    return sparse_dense_cycles(plans, tokens, dim, dense_lanes, qkv_buffers=qkv_buffers) + 1
+
+
+def plan_job(keep, dense_lanes, sparse_lanes):
+    """:class:`HeadPlan` per head of an ``H×N×N`` mask (:func:`plan_head` each): the run-time
+    half of the lane split, the engines' work matched to ``(dense_lanes, sparse_lanes)`` head
+    by head."""
+    keep = torch.as_tensor(keep).to(torch.bool)
+    return [plan_head(keep[h], dense_lanes, sparse_lanes) for h in range(keep.shape[0])]
+
+
+def head_order(plans, tokens, dim, dense_lanes, qkv_buffers=2):
+    """The order in which to run a job's heads (a permutation of ``range(len(plans))``).
+
+    The loader needs ``3·tokens·dim`` cycles per head whatever its mask, the engines time in
+    proportion to its kept entries: a run of light heads starves the engines while the loader
+    catches up, a run of heavy heads lets it idle. Candidates: the heads as given, heaviest
+    first, and heaviest and lightest alternating; the one with the fewest cycles by the exact
+    model (:func:`sparse_dense_cycles`) wins, the given order on ties.
+    """
+    n = len(plans)
+    work = [p.dense_pairs() + max([len(x) for x in p.lanes] + [0]) for p in plans]
+    desc = sorted(range(n), key=lambda h: (-work[h], h))
+    alt, lo, hi = [], 0, n - 1
+    while lo <= hi:
+        alt.append(desc[lo])
+        lo += 1
+        if lo <= hi:
+            alt.append(desc[hi])
+            hi -= 1
+    best = None
+    for order in (list(range(n)), desc, alt):
+        cyc = sparse_dense_cycles([plans[h] for h in order], tokens, dim, dense_lanes,
+                                  qkv_buffers=qkv_buffers)
+        if best is None or cyc < best[0]:
+            best = (cyc, order)
+    return best[1]
+
+
+def config_from_masks(masks, lanes=4, *, head_dim=32, heads=None, qkv_buffers=3, margin=1.25,
+                      enabled=True, **fields):
+    """A :class:`~amaformer.gen.config.SparseDenseConfig` for calibration masks: the generator
+    half of the lane split.
+
+    ``masks``: a mask file (:func:`~amaformer.gen.masks.load_masks`) or an ``L×H×N×N`` /
+    ``H×N×N`` bool tensor. ``lanes`` total lanes are split into ``(W_d, W_s)`` by
+    :func:`lane_split` over every head of every layer; ``max_tokens`` is the masks' ``N``,
+    ``heads`` their ``H`` (unless given); the entry memories hold the largest job's lists
+    times ``margin`` (sparse: rounded up to a power of two). Other ``fields`` pass through.
+    """
+    from .config import SparseDenseConfig
+    from .masks import load_masks
+    if isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__"):
+        masks, _ = load_masks(masks)
+    keep = torch.as_tensor(masks).to(torch.bool)
+    if keep.dim() == 3:
+        keep = keep[None]
+    check_mask(keep)
+    L, H, n, _ = keep.shape
+    wd, ws = lane_split([keep[li, h] for li in range(L) for h in range(H)], lanes, head_dim)
+    dense_need = sparse_need = 1
+    for li in range(L):
+        plans = plan_job(keep[li], wd, ws)
+        dense_need = max(dense_need, sum(len(p.dense_pairs_list()) + 1 for p in plans))
+        sparse_need = max(sparse_need, max(sum(len(p.lanes[s]) + 1 for p in plans)
+                                           for s in range(ws)))
+    return SparseDenseConfig(
+        dense_lanes=wd, sparse_lanes=ws, heads=heads or H, head_dim=head_dim, max_tokens=n,
+        dense_depth=math.ceil(dense_need * margin),
+        sparse_depth=1 << max(1, math.ceil(sparse_need * margin) - 1).bit_length(),
+        qkv_buffers=qkv_buffers, enabled=enabled, **fields)
 
 
 # --- simulated device ------------------------------------------------------------------------

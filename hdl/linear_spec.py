@@ -14,7 +14,7 @@ from amaranth.lib import data
 
 from .registry import UnitKind
 
-__all__ = ["LINEAR", "DESCRIPTOR", "RECORD", "MODE_CODES", "SHIFT_CODE_BITS", "SHIFT_ZERO",
+__all__ = ["job_tiles", "LINEAR", "DESCRIPTOR", "RECORD", "MODE_CODES", "SHIFT_CODE_BITS", "SHIFT_ZERO",
            "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS"]
 
 #: ``shift`` weight code: bits [0:3] = ``s`` for ``±2^s`` (``s`` < levels) or
@@ -57,3 +57,23 @@ LINEAR = UnitKind(
     audit=("engine",),
     doc="Y = requant(X·W + b): mul (int8 DSP), shift (power of two), bcq (binary-coded LUT)",
 )
+
+
+def job_tiles(m, k, n, *, max_m, max_n, act_depth, out_depth):
+    """Jobs of an ``M×K @ K×N`` layer on a linear unit, as the host driver runs them.
+
+    ``max_n`` is the largest N whose weights fit the buffer for this K (``max_n_for_k``). N is
+    split into tiles of ``min(max_n, N, out_depth)`` columns (weights written once per tile), M
+    into tiles that fit ``max_m`` and the activation (``M·K`` bytes) and output (``M·N``
+    bytes) memories. Returns ``(m_tile, n_tile, [(r0, r1, c0, c1), ...])`` in run order
+    (column tile outer); raises ``ValueError`` when not even one row fits.
+    """
+    n_tile = min(max_n, n, out_depth)
+    if n_tile < 1:
+        raise ValueError(f"K = {k} does not fit the weight buffer")
+    m_tile = min(m, max_m, act_depth // k, out_depth // n_tile)
+    if m_tile < 1:
+        raise ValueError(f"one row of K = {k} does not fit the activation memory "
+                         f"({act_depth} bytes)")
+    return m_tile, n_tile, [(r0, min(m, r0 + m_tile), c0, min(n, c0 + n_tile))
+                            for c0 in range(0, n, n_tile) for r0 in range(0, m, m_tile)]

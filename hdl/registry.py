@@ -30,6 +30,7 @@ __all__ = ["UnitKind", "KINDS", "kinds", "kind", "kind_by_code", "register", "re
 KINDS = [
     "amaformer.hdl.linear_spec:LINEAR",
     "amaformer.hdl.attention_spec:ATTENTION",
+    "amaformer.hdl.sparse_dense_spec:SPARSE_DENSE",
 ]
 
 _extra = []             # kinds added with register()

@@ -1,7 +1,7 @@
 """Sparse-dense coordinator (ViTCoD): a denser and a sparser softmax engine over a polarized
 fixed mask, running concurrently, merged into one online softmax per row.
 
-Dataflow of :class:`SparseDenseUnit` (one job = ``heads`` heads of ``tokens × dim`` int8 Q, K, V
+Dataflow of :class:`SparseDenseEngine` (one job = ``heads`` heads of ``tokens × dim`` int8 Q, K, V
 in the activation memory, output in the same layout in the output memory)::
 
     act port ─► loader ─► Q, K, V buffers (qkv_buffers heads; Q read by every lane, K and V
@@ -36,57 +36,16 @@ from .attention import HeadParams
 from .attention_units import Exp2Unit, ReciprocalUnit, rshift_round
 from .common import MemWriteSignature, check_int, drive_write_port
 
-__all__ = ["SparseDenseUnit", "SDDescriptor", "SDHeadParams", "dense_entry_layout",
+from .sparse_dense_spec import (LANE_DRAIN, MERGE_ROW, MERGE_TAIL, PAIR_MIN,  # noqa: F401
+                                DESCRIPTOR as SDDescriptor, HEAD_PARAMS, dense_entry_layout,
+                                sparse_entry_layout)
+
+__all__ = ["SparseDenseEngine", "SDDescriptor", "SDHeadParams", "dense_entry_layout",
            "sparse_entry_layout", "PAIR_MIN", "LANE_DRAIN", "MERGE_ROW", "MERGE_TAIL"]
-
-#: Shortest pair period of a lane in cycles (``T = max(dim, PAIR_MIN)``).
-PAIR_MIN = 4
-#: Cycles from a lane's last beat of a pair to the end of its last write (weighted sum).
-LANE_DRAIN = 8
-#: Cycles of the merge per row beyond ``dim`` (state read, max, shifts, sum, reciprocal).
-MERGE_ROW = 10
-#: Cycles from the merge's last element read to the output write.
-MERGE_TAIL = 6
-
-#: Job descriptor (``start`` … ``ack``): Q, K, V ``heads×tokens×dim`` int8 at ``q_addr``,
-#: ``k_addr``, ``v_addr`` of the activation memory (head-major, row-major), output likewise at
-#: ``o_addr`` of the output memory; the job's entries start at ``dense_addr`` of the dense
-#: space and at ``sparse_addr`` of every sparse lane's bank.
-SDDescriptor = data.StructLayout({
-    "heads":       unsigned(16),
-    "tokens":      unsigned(16),
-    "dim":         unsigned(16),
-    "q_addr":      unsigned(32),
-    "k_addr":      unsigned(32),
-    "v_addr":      unsigned(32),
-    "o_addr":      unsigned(32),
-    "dense_addr":  unsigned(32),
-    "sparse_addr": unsigned(32),
-})
 
 #: Per-head parameters: the softmax scales, :data:`amaformer.hdl.attention.HeadParams` itself.
 SDHeadParams = HeadParams
-
-
-def dense_entry_layout(max_tokens, dense_lanes):
-    """A dense-engine entry: one key for the ``W_d`` rows of block ``blk`` (rows
-    ``blk·W_d + p``) with their keep bits (bit ``p``; 0 for rows at or beyond ``tokens``);
-    ``first``/``last`` delimit the block's run; ``eoh`` ends the head's list (no pair).
-
-    Per head, per block of rows, the block's dense keys (the global columns, plus possibly a
-    partial column, :func:`amaformer.gen.sparse_dense.plan_head`), ascending."""
-    kb = max(1, ceil_log2(max_tokens))
-    return data.StructLayout({"key": unsigned(kb), "keep": unsigned(dense_lanes),
-                              "blk": unsigned(max(1, ceil_log2(-(-max_tokens // dense_lanes)))),
-                              "first": unsigned(1), "last": unsigned(1), "eoh": unsigned(1)})
-
-
-def sparse_entry_layout(max_tokens):
-    """A sparse-lane entry: one kept ``(row, key)`` pair; ``first``/``last`` delimit the lane's
-    run of a row; ``eoh`` marks the end of the lane's list for a head (no pair)."""
-    kb = max(1, ceil_log2(max_tokens))
-    return data.StructLayout({"key": unsigned(kb), "row": unsigned(kb), "first": unsigned(1),
-                              "last": unsigned(1), "eoh": unsigned(1)})
+assert list(SDHeadParams) == list(HEAD_PARAMS)          # the wire format (sparse_dense_spec)
 
 
 class _LaneSignature(wiring.Signature):
@@ -297,9 +256,11 @@ class _Lane(wiring.Component):
         return m
 
 
-class SparseDenseUnit(wiring.Component):
-    """Sparse-dense coordinator: a unit (descriptor in, memory sequencing, ``done``) that runs
-    softmax attention under a polarized fixed mask on two concurrent engines.
+class SparseDenseEngine(wiring.Component):
+    """Sparse-dense coordinator engine: descriptor in, memory sequencing, ``done`` out; runs
+    softmax attention under a polarized fixed mask on two concurrent engines. Behind the top it
+    is wrapped by :class:`amaformer.hdl.sparse_dense_unit.SparseDenseUnit` (the unit contract);
+    alone it has stall inputs on both memory ports, for tests of back-pressure.
 
     Parameters
     ----------

@@ -98,8 +98,8 @@ class AcceleratorCore(wiring.Component):
                                          timeout_cycles)
             self.units = units_from_config(config, act_depth=act_depth, out_depth=out_depth)
             if not self.units:
-                raise ValueError("config must enable at least one unit (linear.enabled or "
-                                 "attention.enabled), not none")
+                raise ValueError("config must enable at least one unit (linear.enabled, "
+                                 "attention.enabled or sparse_dense.enabled), not none")
             if len(self.units) > 14:
                 raise ValueError(f"units must be at most 14, not {len(self.units)}")
             for u in self.units:

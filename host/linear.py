@@ -109,25 +109,25 @@ class LinearDriver(UnitDriver):
         info, dev = self.info, self.device
         if not 1 <= K <= info.max_k:
             raise ValueError(f"K must be in [1, {info.max_k}] for this device, not {K}")
-        n_tile = self.max_n_for_k(K)
-        if n_tile < 1:
+        if self.max_n_for_k(K) < 1:
             raise ValueError(f"K = {K} does not fit the weight buffer "
                              f"({info.weight_depth} words)")
-        n_tile = min(n_tile, N, dev.info.out_depth)
-        m_tile = min(M, info.max_m, dev.info.act_depth // K, dev.info.out_depth // n_tile)
+        m_tile, _, tiles = S.job_tiles(M, K, N, max_m=info.max_m, max_n=self.max_n_for_k(K),
+                                       act_depth=dev.info.act_depth,
+                                       out_depth=dev.info.out_depth)
         y = np.zeros((M, N), dtype=np.int8)
         dev.job_cycles = []
         if m_tile == M:
             dev.write_activations(x)
-        for c0 in range(0, N, n_tile):
-            c1 = min(N, c0 + n_tile)
-            self.load_weights(w[:, c0:c1], bias[c0:c1], mult[c0:c1], shift[c0:c1])
-            for r0 in range(0, M, m_tile):
-                r1 = min(M, r0 + m_tile)
-                if m_tile != M:
-                    dev.write_activations(x[r0:r1])
-                dev.job_cycles.append(self.run(r1 - r0, K, c1 - c0))
-                y[r0:r1, c0:c1] = dev.read_outputs(r1 - r0, c1 - c0)
+        loaded = None
+        for r0, r1, c0, c1 in tiles:
+            if loaded != (c0, c1):
+                self.load_weights(w[:, c0:c1], bias[c0:c1], mult[c0:c1], shift[c0:c1])
+                loaded = (c0, c1)
+            if m_tile != M:
+                dev.write_activations(x[r0:r1])
+            dev.job_cycles.append(self.run(r1 - r0, K, c1 - c0))
+            y[r0:r1, c0:c1] = dev.read_outputs(r1 - r0, c1 - c0)
         dev.last_cycles = sum(dev.job_cycles)
         if as_tensor:
             import torch

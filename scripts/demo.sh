@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, end to end on the default board (iCEBreaker) and the simulated device:
 # set up, generate RTL, verify it in simulation, build the bitstream, then drive the simulated
-# device from the host driver on a real all-MiniLM-L6-v2 layer. Figures land in demo.json.
+# device from the host driver on a real all-MiniLM-L6-v2 layer, then the whole model (all six
+# layers, every linear layer and attention on the device units) on a few real sentences, with
+# its HTML report. The whole-model figures land in demo.json.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -9,12 +11,18 @@ source scripts/env.sh
 out=${AMAFORMER_DEMO_OUT:-out/demo}
 mkdir -p "$out"
 amaformer config > "$out/config.toml"
-echo "== 1/4 generate RTL"
+echo "== 1/5 generate RTL"
 amaformer generate --config "$out/config.toml" --out "$out/rtl"
-echo "== 2/4 verify the linear engine against PyTorch (cocotb, Icarus)"
+echo "== 2/5 verify the linear engine against PyTorch (cocotb, Icarus)"
 amaformer sim --config "$out/config.toml" --quick
-echo "== 3/4 build the iCEBreaker bitstream (Yosys, nextpnr-ice40, icepack)"
+echo "== 3/5 build the iCEBreaker bitstream (Yosys, nextpnr-ice40, icepack)"
 amaformer build --board icebreaker --config "$out/config.toml" --out "$out/icebreaker"
-echo "== 4/4 run a real MiniLM layer on the simulated device through the host driver"
-python scripts/demo.py --config "$out/config.toml" --report "$out/icebreaker/report.json" --json demo.json \
+echo "== 4/5 run a real MiniLM layer on the simulated device through the host driver"
+python scripts/demo.py --config "$out/config.toml" --report "$out/icebreaker/report.json" --json "$out/layer.json" \
     --cols 384
+echo "== 5/5 run all of all-MiniLM-L6-v2 on the simulated device (linear + attention units)"
+amaformer run --model minilm --json demo.json \
+    "A red kite circled slowly above the wheat field." \
+    "The printer on the third floor is jammed again."
+mkdir -p "$out/model" && cp demo.json "$out/model/run.json"
+amaformer report "$out/model"

@@ -28,12 +28,14 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from amaformer.gen.model import capture, load_minilm, load_sentences
 from amaformer.gen.model.exact import Encoding, Numerics, calibrate, evaluate, reference
+from amaformer.gen.program import DEFAULT_NUMERICS, ENCODING_SETS
 
 WIDE2 = ("attn_out", "ffn_out")
 
@@ -74,24 +76,18 @@ OPTIONS = [
               wide=WIDE2), 2,
      "as (d2) + 16-bit outputs of two 384-wide ops: +768 link B per token-layer (+17%)"),
 ]
-QUICK_OPTIONS = ("a", "b", "d2", "g1", "g3")
-
-SHIFT4, BCQ2, BCQ3, BCQ4 = (Encoding("shift", 4), Encoding("bcq", 2), Encoding("bcq", 3),
-                            Encoding("bcq", 4))
-#: (key, label, encodings) — uniform encodings then mixed per-layer configurations.
-ENCODINGS = [
-    ("mul", "int8 (mul) everywhere", None),
-    ("shift4", "shift, 4 magnitudes (iCE40 engine), every layer", SHIFT4),
-    ("bcq2", "bcq q=2, every layer", BCQ2),
-    ("bcq3", "bcq q=3, every layer", BCQ3),
-    ("bcq4", "bcq q=4, every layer", BCQ4),
-    ("mixA", "bcq4: Q, K, V, attn_out, ffn_in; mul: ffn_out",
-     {r: BCQ4 for r in ("query", "key", "value", "attn_out", "ffn_in")}),
-    ("mixB", "bcq4: Q, K, V, ffn_in; mul: attn_out, ffn_out",
-     {r: BCQ4 for r in ("query", "key", "value", "ffn_in")}),
-    ("mixC", "shift4: Q, K, V, attn_out; bcq4: ffn_in; mul: ffn_out",
-     {"query": SHIFT4, "key": SHIFT4, "value": SHIFT4, "attn_out": SHIFT4, "ffn_in": BCQ4}),
+OPTIONS += [
+    ("t1", "(b) + exact per-token input scales on the host, bias on the host, K chunks of 512",
+     Numerics(act_scale="token", k_chunk=512), 0,
+     "none: zero device bias; the host scales each row it reads back and adds the bias"),
+    ("t2", "(t1) + attention output re-quantized per token + SmoothQuant α=0.5 + headroom "
+           "1.5 (the compiler's scheme, gen.program.DEFAULT_NUMERICS)",
+     replace(DEFAULT_NUMERICS, k_chunk=512), 0, "none (as t1)"),
 ]
+QUICK_OPTIONS = ("a", "b", "d2", "g1", "g3", "t1", "t2")
+
+#: (key, label, encodings) — uniform encodings then mixed per-layer configurations.
+ENCODINGS = [(k, label, enc) for k, (label, enc) in ENCODING_SETS.items()]
 QUICK_ENCODINGS = ("mul", "bcq4", "mixA")
 
 
@@ -109,6 +105,10 @@ def main(argv=None):
     ap.add_argument("--target", type=float, default=0.995,
                     help="minimum cosine the chosen scheme must reach (default %(default)s)")
     ap.add_argument("--parts", default="options,encodings")
+    ap.add_argument("--options", default=None,
+                    help="comma-separated option keys to run (default: all, or the quick set)")
+    ap.add_argument("--encodings", default=None,
+                    help="comma-separated encoding keys to run (default: all, or the quick set)")
     ap.add_argument("--numerics", default=None,
                     help="option key to use for the encodings part instead of the chosen one")
     ap.add_argument("--cache", default="build/study_numerics",
@@ -157,7 +157,8 @@ def main(argv=None):
     chosen = args.numerics
     if "options" in parts:
         for key, label, num, rank, cost in OPTIONS:
-            if args.quick and key not in QUICK_OPTIONS:
+            if key not in (args.options.split(",") if args.options else
+                           QUICK_OPTIONS if args.quick else [key]):
                 continue
             d = run(num)
             d.update(label=label, hardware_rank=rank, hardware=cost,
@@ -172,12 +173,13 @@ def main(argv=None):
             chosen = min(passing)[2]
         out["chosen"] = chosen
     if chosen is None:
-        chosen = "g1"
+        chosen = "t2"
     num = dict((k, v) for k, _, v, _, _ in OPTIONS)[chosen]
     out["encodings_numerics"] = chosen
     if "encodings" in parts:
         for key, label, enc in ENCODINGS:
-            if args.quick and key not in QUICK_ENCODINGS:
+            if key not in (args.encodings.split(",") if args.encodings else
+                           QUICK_ENCODINGS if args.quick else [key]):
                 continue
             d = run(num, enc)
             d.update(label=label)

@@ -8,7 +8,8 @@ import pytest
 from amaranth.sim import Simulator
 
 __all__ = ["simulate", "stream_send", "stream_collect", "write_words", "SIM_BACKENDS",
-           "sim_transport", "sim_backend", "needs_verilator", "verilator_missing"]
+           "sim_transport", "sim_backend", "needs_verilator", "verilator_missing",
+           "thin_on_amaranth"]
 
 
 def simulate(dut, *testbenches, period=1e-6, vcd=None):
@@ -112,8 +113,9 @@ def verilator_missing():
     return None
 
 
+_VERILATOR_MISSING = verilator_missing()
 #: Skips a test where the Verilator backend's toolchain is missing (the reason says what).
-needs_verilator = pytest.mark.skipif(bool(verilator_missing()), reason=verilator_missing() or "")
+needs_verilator = pytest.mark.skipif(bool(_VERILATOR_MISSING), reason=_VERILATOR_MISSING or "")
 #: ``params`` for fixtures that run on every simulated-device backend.
 SIM_BACKENDS = [pytest.param("amaranth", id="amaranth"),
                 pytest.param("verilator", id="verilator", marks=needs_verilator)]
@@ -125,6 +127,17 @@ def sim_transport(config, backend="amaranth", **kwargs):
     builds (once per design, cached) without progress output."""
     from amaformer.host.sim import make_sim_transport
     return make_sim_transport(config, backend, progress=False, **kwargs)
+
+
+def thin_on_amaranth(backend, keep):
+    """Skip the calling test on the Amaranth backend unless ``keep``, where Verilator runs it.
+
+    For long parametrized families of slow device tests: every case runs on Verilator (a few
+    milliseconds each), a representative few also on Amaranth's simulator (seconds each); the
+    two backends give the same bytes at the same cycles (``test_sim_backends.py``). Where
+    Verilator is missing, every case runs on Amaranth."""
+    if backend == "amaranth" and not keep and not _VERILATOR_MISSING:
+        pytest.skip("slow on the Amaranth simulator: this case runs on Verilator only")
 
 
 @pytest.fixture(scope="module", params=SIM_BACKENDS)

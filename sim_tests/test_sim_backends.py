@@ -157,6 +157,7 @@ def test_figures_and_close():
     dev = Device(tr, timeout=0.01, expect=CFG)
     dev.unit("linear").linear(*layer(2, 8, 4, 0))
     fig = tr.sim_figures()
+    assert tr.fast_cycle                    # what test_same_bytes_and_cycles compares
     assert fig["sim_backend"] == "verilator" and fig["sim_cycles"] == tr.cycles > 0
     assert fig["cycles_per_second"] > 0 and tr.summary().startswith("verilator backend: ")
     tr.close()
@@ -206,13 +207,7 @@ def test_missing_verilator_falls_back(tmp_path, capsys, monkeypatch):
 @needs_verilator
 def test_failing_build_falls_back(tmp_path, capsys):
     """A Verilator that fails: one line naming the build log, then the Amaranth simulator."""
-    from amaformer.host.verilator import find_toolchain
-    fake_root = tmp_path / "vl"
-    (fake_root / "bin").mkdir(parents=True)
-    os.symlink(find_toolchain().root / "include", fake_root / "include")
-    exe = fake_root / "bin" / "verilator"
-    exe.write_text("#!/bin/sh\necho 'verilator: out of luck' >&2\nexit 3\n")
-    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    exe = failing_verilator(tmp_path)
     tr = make_sim_transport(CFG, "auto", verilator=str(exe), cache_dir=tmp_path / "cache",
                             progress=False, **KW)
     assert tr.backend == "amaranth"
@@ -240,3 +235,99 @@ def test_cli_run_falls_back(tmp_path, capsys, monkeypatch):
     fig = json.loads((tmp_path / "r.json").read_text())
     assert fig["sim_backend"] == "amaranth" and fig["sim_cycles"] > 0
     assert fig["bit_exact"] is True and fig["cycles_per_second"] > 0
+
+
+def failing_verilator(tmp_path):
+    """A ``verilator`` that exits with status 3 (next to the real include/ directory, so that
+    the toolchain is found and the build fails)."""
+    from amaformer.host.verilator import find_toolchain
+    fake_root = tmp_path / "vl"
+    (fake_root / "bin").mkdir(parents=True)
+    os.symlink(find_toolchain().root / "include", fake_root / "include")
+    exe = fake_root / "bin" / "verilator"
+    exe.write_text("#!/bin/sh\necho 'verilator: out of luck' >&2\nexit 3\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    return exe
+
+
+@needs_verilator
+def test_cli_backend_option(tmp_path, capsys, monkeypatch):
+    """``amaformer run --backend``: verilator runs there and says so in the JSON; with a failing
+    toolchain ``--backend verilator`` is one error line (exit 1), ``auto`` falls back in one."""
+    import json
+
+    from amaformer.gen.cli import main
+    argv = ["run", "--device", "sim", "--shape", "2x24x10", "--json", str(tmp_path / "r.json")]
+    assert main(argv + ["--backend", "verilator"]) == 0
+    assert "simulated on the verilator backend: " in capsys.readouterr().out
+    fig = json.loads((tmp_path / "r.json").read_text())
+    assert fig["sim_backend"] == "verilator" and fig["bit_exact"] is True
+    assert fig["sim_cycles"] > fig["cycles"] > 0 and fig["cycles_per_second"] > 0
+    assert fig["sim_seconds"] >= 0
+    monkeypatch.setenv("AMAFORMER_VERILATOR", str(failing_verilator(tmp_path)))
+    monkeypatch.setenv("AMAFORMER_CACHE_DIR", str(tmp_path / "cache"))
+    # the build's progress lines (stderr is no terminal here), then one line saying why
+    assert main(argv + ["--backend", "verilator"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.splitlines()[-1].startswith("amaformer: error: Verilator backend unavailable: "
+                                           "verilator exited with 3; see ")
+    assert main(argv + ["--backend", "auto"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err
+    assert [line for line in captured.err.splitlines() if line.startswith("amaformer:")] == [
+        captured.err.splitlines()[-1]]
+    assert captured.err.splitlines()[-1].startswith(
+        "amaformer: Verilator backend unavailable: verilator exited with 3; see ")
+    assert captured.err.endswith("; using the Amaranth simulator instead\n")
+    assert "simulated on the amaranth backend: " in captured.out
+    assert json.loads((tmp_path / "r.json").read_text())["sim_backend"] == "amaranth"
+    assert main(argv + ["--backend", "icarus"]) == 2
+    assert "argument --backend: invalid choice: 'icarus'" in capsys.readouterr().err
+
+
+def test_cli_attention_falls_back(tmp_path, capsys, monkeypatch):
+    """``amaformer attention --device sim`` without a toolchain: one line, then the job on the
+    Amaranth simulator, whose figures land in the JSON."""
+    import json
+
+    from amaformer.gen.cli import main
+    from amaformer.gen.config import AttentionConfig, dump_toml
+    cfg = tmp_path / "att.toml"
+    cfg.write_text(dump_toml(AcceleratorConfig(
+        linear=LinearConfig(lanes=2, max_k=16, max_n=16, max_m=16, weight_depth=32),
+        attention=AttentionConfig(heads=1, head_dim=8, max_tokens=8, lanes=4)).to_dict()))
+    monkeypatch.setenv("AMAFORMER_VERILATOR", str(tmp_path / "none"))
+    assert main(["attention", "-c", str(cfg), "--device", "sim", "--tokens", "4",
+                 "--json", str(tmp_path / "a.json")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == (f"amaformer: Verilator backend unavailable: no verilator executable "
+                            f"at {str(tmp_path / 'none')!r}; using the Amaranth simulator "
+                            f"instead\n")
+    assert "simulated on the amaranth backend: " in captured.out
+    fig = json.loads((tmp_path / "a.json").read_text())
+    assert fig["bit_exact"] is True and fig["sim_backend"] == "amaranth"
+    assert fig["sim_cycles"] > fig["cycles"] > 0 and fig["cycles_per_second"] > 0
+
+
+def test_demo_falls_back(tmp_path, capsys, monkeypatch):
+    """``scripts/demo.py`` without a toolchain: one line, the Amaranth simulator, 2 columns of
+    the real layer on a short sentence; its JSON carries the simulation figures."""
+    import importlib.util
+    import json
+    path = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
+    spec = importlib.util.spec_from_file_location("amaformer_demo_fallback", path)
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    monkeypatch.setenv("AMAFORMER_VERILATOR", str(tmp_path / "none"))
+    out = tmp_path / "demo.json"
+    assert demo.main(["--cols", "2", "--sentence", "Hello.", "--no-modes",
+                      "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("amaformer: Verilator backend unavailable: ")
+    assert captured.err.count("\n") == 1
+    assert "sim      amaranth backend (Amaranth's Python simulator)" in captured.out
+    fig = json.loads(out.read_text())
+    assert fig["bit_exact"] is True and fig["n"] == 2
+    assert fig["sim_backend"] == "amaranth" and fig["sim_cycles"] > 0
+    assert fig["sim_seconds"] > 0 and fig["cycles_per_second"] > 0

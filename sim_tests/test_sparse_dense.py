@@ -19,14 +19,14 @@ from amaformer.gen.numerics import quantize
 from amaformer.gen.sparse_dense import (
     busy_fractions, lane_split, pack_job, partial_states, plan_head, run_mask_file, simulate_job,
     sparse_dense_cycles, sparse_dense_golden, split_coo)
-from amaformer.hdl.sparse_dense import SparseDenseUnit
+from amaformer.hdl.sparse_dense import SparseDenseEngine
 
 UNIT = dict(dense_lanes=1, sparse_lanes=3, max_dim=8, max_tokens=32, max_heads=4,
             dense_depth=1024, sparse_depth=512, act_depth=4096, out_depth=2048)
 
 
 def _unit(**kw):
-    return SparseDenseUnit(**dict(UNIT, **kw))
+    return SparseDenseEngine(**dict(UNIT, **kw))
 
 
 def _qkv(h, n, d, seed):
@@ -128,6 +128,20 @@ def test_unit_random(sparsity):
     assert torch.equal(y, gold)
     cyc, info = sparse_dense_cycles(plans, 16, 4, unit.dense_lanes, detail=True,
                                     qkv_buffers=3)
+    assert st["cycles"] == cyc
+    assert (st["dense_beats"], st["sparse_beats"]) == (info["dense_beats"], info["sparse_beats"])
+
+
+def test_unit_high_sparsity_at_128_tokens():
+    """Exactly 99 % (164 of 128² entries: the diagonal and 36 more) and 90 % sparsity need
+    N = 128 (at N = 16 the diagonal alone is 6 %): two heads in one job, bit-exact, cycle and
+    beat counts as modelled."""
+    unit = _unit(max_tokens=128, max_dim=4, max_heads=2, dense_depth=1024, sparse_depth=1024)
+    keeps = [synthetic_mask(128, 0.99, seed=1, first=False), synthetic_mask(128, 0.9, seed=2)]
+    assert [int(kp.sum()) for kp in keeps] == [164, 1638]
+    (y,), (st,), gold, plans, _ = _run(unit, keeps, seed=11)
+    assert torch.equal(y, gold)
+    cyc, info = sparse_dense_cycles(plans, 128, 4, 1, detail=True)
     assert st["cycles"] == cyc
     assert (st["dense_beats"], st["sparse_beats"]) == (info["dense_beats"], info["sparse_beats"])
 
@@ -295,10 +309,10 @@ def test_bad_masks_refused_before_writing(tmp_path, monkeypatch):
 def test_constructor_errors():
     with pytest.raises(ValueError, match=re.escape(
             "sparse_depth must be a power of two, not 100")):
-        SparseDenseUnit(sparse_depth=100)
+        SparseDenseEngine(sparse_depth=100)
     with pytest.raises(ValueError, match=re.escape(
             "dense_lanes must be an integer in [1, 32], not 0")):
-        SparseDenseUnit(dense_lanes=0)
+        SparseDenseEngine(dense_lanes=0)
 
 
 def test_busy_model_under_skew():

@@ -423,9 +423,9 @@ def test_attention_only_accelerator(sim_backend):
     y = dev.unit("attention").attention(q, k, v, 24000, 19)
     assert torch.equal(y.to(torch.int64), attention_linear_causal(
         q[0], k[0], v[0], 24000, 19, fmt=SoftmaxFormat.from_config(LINEAR))[None])
-    with pytest.raises(ConfigError, match=r"^linear\.enabled and attention\.enabled must not "
-                                          r"both be false \(the accelerator would have no "
-                                          r"engine\)$"):
+    with pytest.raises(ConfigError, match=r"^linear\.enabled, attention\.enabled and "
+                                          r"sparse_dense\.enabled must not all be false \(the "
+                                          r"accelerator would have no engine\)$"):
         AcceleratorConfig(linear=lin)
     with pytest.raises(ConfigError, match=r"^linear\.enabled must be true or false, not 0$"):
         LinearConfig(enabled=0)

@@ -200,7 +200,7 @@ def test_registry_resolves_every_kind():
     """Every registered kind's gateware, driver, golden and cycle model can be imported, its
     code is unique, and its descriptor is whole bytes."""
     kinds = registry.kinds()
-    assert [k.name for k in kinds] == ["linear", "attention"]
+    assert [k.name for k in kinds] == ["linear", "attention", "sparse_dense"]
     for k in kinds:
         for path in (k.gateware, k.driver, k.golden, k.cycles):
             assert callable(registry.resolve(path)), path
@@ -216,10 +216,12 @@ def test_host_imports_no_gateware():
     """``host`` (the link and every driver half) imports neither gateware nor torch."""
     import subprocess
     import sys
-    code = ("import sys, amaformer.host, amaformer.host.linear, amaformer.host.attention; "
+    code = ("import sys, amaformer.host, amaformer.host.linear, amaformer.host.attention, "
+            "amaformer.host.sparse_dense; "
             "bad = [m for m in sys.modules if m == 'torch' or (m.startswith('amaformer.hdl.') "
             "and m.split('.')[-1] not in ('protocol', 'registry', 'linear_spec', "
-            "'linear_layout', 'attention_spec'))]; print(bad); sys.exit(1 if bad else 0)")
+            "'linear_layout', 'attention_spec', 'sparse_dense_spec'))]; print(bad); "
+            "sys.exit(1 if bad else 0)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0, res.stdout + res.stderr
 

@@ -33,7 +33,7 @@ from ..compile import compile_linear
 from ..golden import linear_acc, linear_bcq, linear_mul, linear_shift
 from ..numerics import (BIAS_BITS, REQUANT_MAX_SHIFT, REQUANT_MULT_BITS, qmax, requant_params,
                         requantize)
-from ..quant import hessian, quantize_bcq, quantize_shift
+from ..quant import BcqWeights, hessian, quantize_bcq, quantize_shift
 from ..requant_row import ROW_BITS, ROW_EXP_BITS, row_factors, row_requantize
 from .graph import EncoderGraph
 
@@ -109,9 +109,20 @@ class Numerics:
         ``"tensor"`` or ``"column"``: one output scale per column (per head for Q, K, V, whose
         outputs feed the attention engine, which takes one scale per head).
     act_scale : str
-        ``"tensor"`` or ``"row"``: inputs the host quantizes (all but the attention output
-        projection, whose input the device produces) get a per-row scale
-        ``unit·r·2^e`` (:mod:`amaformer.gen.requant_row`).
+        ``"tensor"``, ``"row"`` or ``"token"``: inputs the host quantizes (all but the
+        attention output projection, whose input the device produces) get a per-row scale
+        ``unit·r·2^e`` (``"row"``: :mod:`amaformer.gen.requant_row`, needs a row factor in the
+        requantizer), or (``"token"``, today's hardware) an exact float scale per token
+        ``max|x_r|/127``: the device then runs with zero bias and requantizes per column in
+        units normalized per token; the host multiplies each row back by its scale and adds
+        the bias (one multiply-add per output it reads back anyway).
+    ctx_token : bool
+        With ``"token"``: the host also re-quantizes the attention output per token before
+        the output projection (it moves that output from the output to the activation
+        memory anyway), so ``attn_out`` is a ``"token"`` op too.
+    k_chunk : int or None
+        ``"token"`` ops only: the largest reduction length of one device job (the linear
+        unit's ``max_k``); longer inputs run as several jobs whose int8 outputs the host adds.
     row_bits, row_exp_bits : int
         Widths of the per-row mantissa ``r`` and exponent ``e``.
     row_headroom : float
@@ -143,6 +154,8 @@ class Numerics:
     legacy: bool = False
     out_scale: str = "column"
     act_scale: str = "tensor"
+    k_chunk: int | None = None
+    ctx_token: bool = False
     row_bits: int = ROW_BITS
     row_exp_bits: int = ROW_EXP_BITS
     row_headroom: float = 2.0
@@ -156,8 +169,12 @@ class Numerics:
     def __post_init__(self):
         if self.out_scale not in ("tensor", "column"):
             raise ValueError(f"out_scale must be 'tensor' or 'column', not {self.out_scale!r}")
-        if self.act_scale not in ("tensor", "row"):
-            raise ValueError(f"act_scale must be 'tensor' or 'row', not {self.act_scale!r}")
+        if self.act_scale not in ("tensor", "row", "token"):
+            raise ValueError(f"act_scale must be 'tensor', 'row' or 'token', not "
+                             f"{self.act_scale!r}")
+        if self.k_chunk is not None and (isinstance(self.k_chunk, bool) or
+                                         not isinstance(self.k_chunk, int) or self.k_chunk < 1):
+            raise ValueError(f"k_chunk must be None or a positive integer, not {self.k_chunk!r}")
         if self.ctx_scale not in ("tensor", "channel"):
             raise ValueError(f"ctx_scale must be 'tensor' or 'channel', not {self.ctx_scale!r}")
         if self.out_bits not in (8, 16, 32):
@@ -286,6 +303,37 @@ class QLinear:
     outlier_idx: torch.Tensor | None = None
     outlier_shift: int = 0
     legacy: object = None
+    token: bool = False
+    att_scale: torch.Tensor | None = None
+    k_chunks: tuple = ()
+
+    def jobs(self, x_q):
+        """``"token"`` ops: the device jobs of integer input ``x_q`` as ``(x, weights, bias,
+        mult, shift)``, one per K chunk (weights ``K'×N`` integers, or a
+        :class:`~amaformer.gen.quant.BcqWeights` slice); their int8 outputs add up on the host."""
+        zero = torch.zeros(self.bias.shape[0], dtype=torch.int64)
+        out = []
+        for k0, k1 in self.k_chunks:
+            if self.encoding.mode == "bcq":
+                b = self.w
+                w = BcqWeights(b.planes[:, k0:k1], b.alpha[:, k0 // b.group:-(-k1 // b.group)],
+                               b.scale, b.group)
+            else:
+                w = self.w[k0:k1]
+            out.append((x_q[:, k0:k1], w, zero, self.mult, self.shift))
+        return out
+
+    def golden_job(self, x_q, w, bias, mult, shift):
+        """One device job through the encoding's golden model (int8 out)."""
+        if self.encoding.mode == "bcq":
+            return linear_bcq(x_q, w.planes, w.alpha, w.group, bias, mult, shift, 8)
+        fn = linear_shift if self.encoding.mode == "shift" else linear_mul
+        return fn(x_q, w, bias, mult, shift, 8)
+
+    @property
+    def device_scale(self):
+        """Scale of the integers this op hands to the next device unit (per column)."""
+        return self.att_scale if self.att_scale is not None else self.out_scale
 
     @property
     def w_int(self):
@@ -321,7 +369,7 @@ class QLinear:
             x[:, self.outlier_idx] = 0
         q = qmax(8)
         r = e = None
-        if self.row and self.out_bits == 32:          # host scales raw accumulators itself
+        if self.token or (self.row and self.out_bits == 32):   # exact float scale per row
             scale = torch.clamp(x.abs().amax(1), min=1e-12) / q
         elif self.row:
             r, e, scale = row_factors(x.abs().amax(1), self.in_scale, self.numerics.row_bits,
@@ -339,6 +387,8 @@ class QLinear:
         ``out_bits`` is 32)."""
         if self.legacy is not None:
             return self.legacy.golden(x_q)
+        if self.token:
+            return sum(self.golden_job(*job) for job in self.jobs(x_q))
         if x_out is None and not self.row and self.out_bits != 32:
             return self._golden(x_q, self.bias, self.mult, self.shift, self.out_bits)
         acc = self._raw(x_q)
@@ -353,16 +403,33 @@ class QLinear:
                                   exp_bits=self.numerics.row_exp_bits)
         return requantize(acc + self.bias, self.mult, self.shift, self.out_bits)
 
-    def run(self, x=None, x_q=None):
+    def run(self, x=None, x_q=None, device=None):
         """Host-produced float input ``x`` or device-produced integers ``x_q`` → ``(y_q,
         y)``: integer outputs in the op's output format (``None`` after raw accumulators
-        unless the output feeds the device) and their float value on the host."""
+        unless the output feeds the device) and their float value on the host.
+
+        ``device``: a function ``(qlinear, x_q) -> int outputs`` that runs the op's device
+        part somewhere else (the runtime's :class:`~amaformer.host.runtime.DeviceExecutor`);
+        default: the golden models."""
         if x_q is None:
             x_q, x_out, r, e, row_scale = self.quantize_input(x)
         else:
             x_out = r = e = None
             row_scale = torch.full((x_q.shape[0],), self.in_scale, dtype=F64)
-        y_q = self.device(x_q, x_out, r, e)
+        if device is not None:
+            if x_out is not None or r is not None or self.legacy is not None:
+                raise ValueError(f"{self.op.name}: numerics {self.numerics} have no device path "
+                                 f"on today's hardware (use act_scale='token' or 'tensor')")
+            y_q = device(self, x_q)
+        else:
+            y_q = self.device(x_q, x_out, r, e)
+        if self.token:
+            b = self.op.module.bias.detach().to(F64)
+            y = y_q.to(F64) * self.out_scale * row_scale[:, None] + b
+            if self.att_scale is None:
+                return None, y
+            return torch.clamp(torch.round(y / self.att_scale), -qmax(8), qmax(8)).to(
+                torch.int64), y
         if self.out_bits != 32 or self.legacy is not None:
             return y_q, y_q.to(F64) * self.out_scale
         b = self.op.module.bias.detach().to(F64)
@@ -403,7 +470,7 @@ def _compile_op(cal, op, num, enc, s_ctx):
         return QLinear(op, enc, num, prog.w, prog.w_scale, prog.bias, prog.mult, prog.shift,
                        prog.in_scale, torch.full((n,), prog.out_scale, dtype=F64), 8, False,
                        legacy=prog)
-    host_in = op.input_from_host
+    host_in = op.input_from_host or (num.act_scale == "token" and num.ctx_token)
     w_kn = op.module.weight.detach().to(F64).t().contiguous()
     b = op.module.bias.detach().to(F64)
     smooth = None
@@ -419,6 +486,11 @@ def _compile_op(cal, op, num, enc, s_ctx):
         w_kn = w_kn * s_ctx[:, None]
         wkey = ("ctx", tuple(s_ctx.tolist()))
     w, w_scale = _quantized_weights(cal, op, enc, w_kn, x, wkey)
+    if num.act_scale == "token" and host_in:
+        if num.outliers or num.out_bits != 8 or num.out_scale != "column":
+            raise ValueError("act_scale='token' takes out_scale='column', out_bits=8 and no "
+                             "outlier split")
+        return _compile_token_op(cal, op, num, enc, w, w_scale, x, heads, to_device, smooth)
     idx, k_sh = None, 0
     main = x
     if num.outliers and host_in:
@@ -468,6 +540,44 @@ def _compile_op(cal, op, num, enc, s_ctx):
                    row, smooth, idx, k_sh)
 
 
+def _head_amax(y, heads, per_column):
+    """Largest magnitude per column (``per_column``) or per head, repeated per column."""
+    n = y.shape[1]
+    if per_column:
+        return y.abs().amax(0)
+    return y.abs().reshape(-1, heads, n // heads).amax((0, 2)).repeat_interleave(n // heads)
+
+
+def _compile_token_op(cal, op, num, enc, w, w_scale, x, heads, to_device, smooth):
+    """``act_scale="token"``: per-token float input scales, zero device bias, per-column
+    requantization in units normalized per token, K split into ``num.k_chunk`` jobs."""
+    k = x.shape[1]
+    chunk = num.k_chunk or k
+    if enc.mode == "bcq" and chunk < k:
+        chunk -= chunk % w.group
+        if chunk < 1:
+            raise ValueError(f"{op.name}: k_chunk {num.k_chunk} is below the bcq group "
+                             f"{w.group}")
+    chunks = tuple((k0, min(k, k0 + chunk)) for k0 in range(0, k, chunk))
+    w_int = (w.w_int() if enc.mode == "bcq" else w).to(F64)
+    x_n = x / (x.abs().amax(1, keepdim=True).clamp(min=1e-12) / qmax(8))
+    amax = torch.stack([(x_n[:, a:b] @ w_int[a:b]).abs().amax(0) for a, b in chunks]).amax(0)
+    m_col = qmax(8) / (amax.clamp(min=1e-12) * num.out_headroom)
+    mult, shift = requant_params(m_col)
+    if bool(torch.any(mult < 1 << (REQUANT_MULT_BITS - 3))):
+        raise ValueError(f"{op.name}: requantization multipliers underflow (shift above "
+                         f"{REQUANT_MAX_SHIFT})")
+    m_exact = mult.to(F64) / 2.0 ** shift.to(F64)
+    att = None
+    if to_device:
+        per_col = op.role == "value" and num.ctx_scale == "channel"
+        att = _head_amax(cal.output(op), heads, per_col).clamp(min=1e-12) / qmax(8)
+    n = op.out_features
+    return QLinear(op, enc, num, w, w_scale, torch.zeros(n, dtype=torch.int64), mult, shift,
+                   1.0, w_scale / m_exact, 8, False, smooth, token=True, att_scale=att,
+                   k_chunks=chunks)
+
+
 @dataclass
 class CompiledModel:
     """Compiled ops by name, attention parameters per layer and the numerics used."""
@@ -510,14 +620,14 @@ def compile_model(cal, numerics=Numerics(), encodings=None):
         d = ly.head_dim
         for op in (ly.query, ly.key, ly.value):
             ops[op.name] = _compile_op(cal, op, numerics, _encoding_for(encodings, op), None)
-        sq, sk = (ops[o.name].out_scale[::d] for o in (ly.query, ly.key))
+        sq, sk = (ops[o.name].device_scale[::d] for o in (ly.query, ly.key))
         ctx = cal.ctx[ly.index]
         if numerics.legacy or numerics.ctx_scale == "tensor":
             s_ctx = float(ctx.abs().max().clamp(min=1e-12)) / qmax(8)
             prm = [softmax_scales(float(a), float(b), float(c), s_ctx, d)
-                   for a, b, c in zip(sq, sk, ops[ly.value.name].out_scale[::d])]
+                   for a, b, c in zip(sq, sk, ops[ly.value.name].device_scale[::d])]
         else:
-            s_v = ops[ly.value.name].out_scale
+            s_v = ops[ly.value.name].device_scale
             kappa = (ctx / s_v).abs().reshape(-1, ly.heads, d).amax((0, 2)).clamp(
                 min=1e-12) / qmax(8)
             s_ctx = s_v * kappa.repeat_interleave(d)
@@ -532,8 +642,14 @@ def compile_model(cal, numerics=Numerics(), encodings=None):
 
 # --- exact forward and evaluation -----------------------------------------------------------
 
-def exact_forward(cm, ids_list):
+def exact_forward(cm, ids_list, linear=None, attention=None):
     """All sentences through the device-exact path, linear ops batched over their tokens.
+
+    ``linear(qlinear, x_q)`` and ``attention(q, k, v, score_mult, score_shift, out_mult,
+    out_shift, layer)`` (``H×T×d`` integers in, out) run the device parts elsewhere (on a
+    :class:`~amaformer.host.Device`: :mod:`amaformer.host.runtime`); by default the golden
+    models do. The host's own work (quantizing, scaling, LayerNorm, activation, residuals) is
+    the same code either way.
 
     Returns ``(hidden, layers, op_cos)``: last hidden states of each sentence, the
     concatenated hidden states after each layer, and per op the cosine of its dequantized
@@ -547,7 +663,7 @@ def exact_forward(cm, ids_list):
 
     def run(op, x=None, x_q=None, x_f=None):
         ql = cm.ops[op.name]
-        y_q, y = ql.run(x=x, x_q=x_q)
+        y_q, y = ql.run(x=x, x_q=x_q, device=linear)
         op_cos[op.name] = cosine(y, _flin(op.module, x if x is not None else x_f))
         return y_q, y
 
@@ -559,10 +675,15 @@ def exact_forward(cm, ids_list):
             ctx = torch.empty_like(q)
             for a, b in zip(bounds[:-1], bounds[1:]):
                 split = [t[a:b].reshape(b - a, hd, d).transpose(0, 1) for t in (q, k, v)]
-                ctx[a:b] = attention_softmax(*split, sm, ss, om, os_).transpose(0, 1).reshape(
+                att = attention_softmax(*split, sm, ss, om, os_) if attention is None else \
+                    attention(*split, sm, ss, om, os_, ly.index)
+                ctx[a:b] = torch.as_tensor(att).to(torch.int64).transpose(0, 1).reshape(
                     b - a, hd * d)
             s_ctx = cm.ctx_scales[ly.index]
-            _, a_out = run(ly.attn_out, x_q=ctx, x_f=ctx.to(F64) * s_ctx)
+            if cm.ops[ly.attn_out.name].token:        # the host re-quantizes per token
+                _, a_out = run(ly.attn_out, x=ctx.to(F64) * s_ctx)
+            else:
+                _, a_out = run(ly.attn_out, x_q=ctx, x_f=ctx.to(F64) * s_ctx)
             h1 = ly.attn_norm(a_out + h)
             _, f = run(ly.ffn_in, x=h1)
             _, f2 = run(ly.ffn_out, x=ly.activation_module(f))

@@ -1,0 +1,423 @@
+"""Resource and fmax models of an accelerator configuration, calibrated from real synthesis.
+
+:func:`estimate` gives, for an :class:`~amaformer.gen.config.AcceleratorConfig` on a board,
+the figures ``amaformer build`` reports — logic (iCE40 logic cells / ECP5 LUT4s, as nextpnr
+packs them), flip-flops, DSP blocks, block RAMs, SPRAMs — split into the link/top, the linear
+unit and the attention unit, and a predicted fmax with the family's feasibility margin.
+
+How each figure is modelled
+    **Block RAM** (exact by construction): the linear unit's memories are listed from its
+    parameters (``hdl/linear.py``, ``hdl/shift.py``, ``hdl/shiftadd.py``: weight buffer of
+    ``weight_depth`` words with its write granularity, activation row buffer, per-column
+    requantization parameters, bcq tables and α memory) and mapped the way Yosys's
+    ``memory_libmap`` maps them (fewest blocks over the primitive's width×depth shapes,
+    write-enable granularity respected: iCE40 ``SB_RAM40_4K`` 16×256 with a bit mask, 8×512,
+    4×1024, 2×2048; ECP5 ``DP16KD`` 36×512 and 18×1024 with 9-bit byte enables, 9×2048 …
+    1×16384). The link's memories and the attention unit's (whose sizes depend only on the
+    head dimension, fixed by the model) are integer coefficients fitted to the calibration
+    points.
+
+    **DSP** (exact): ``mul`` lanes on hardware multipliers (``linear.hw_lanes``, resolved for
+    the board as ``amaformer build`` does) plus the requantizer's two; the attention unit's
+    per-lane and fixed multipliers are integer coefficients fitted to the points.
+
+    **Logic and flip-flops**: a linear model per device family over the parameters that create
+    logic (lanes per weight encoding, logic-multiplier lanes, products per lane, table slots ×
+    planes, accumulator width, attention lanes), fitted by least squares to the calibration
+    points. The logic target is nextpnr's packed count where the point was placed and routed,
+    otherwise Yosys's cells through the family's packing ratio (fitted on the placed points).
+
+    **fmax**: per family, nextpnr's achieved fmax of the placed points against logic
+    utilization (a line); the *feasibility margin* is the largest relative over-prediction on
+    those points (at least 5 %): a clock target is feasible when it is at most the predicted
+    fmax times ``1 - margin``.
+
+The calibration data (``gen/calibration.json``) ships with the package and is written by
+``scripts/calibrate.py``, which runs the grid through the build flow with exactly its options;
+users never calibrate. Only points in its ``"calib"`` set are fitted; the ``"heldout"`` ones
+measure the estimator (``scripts/bench_search.py``).
+"""
+
+import json
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["CALIBRATION", "Resources", "ResourceModel", "estimate", "load_calibration",
+           "linear_memories", "map_bram", "linear_dsp", "measured"]
+
+CALIBRATION = Path(__file__).with_name("calibration.json")
+
+#: iCE40 SB_RAM40_4K shapes (width, depth); only 16×256 has a per-bit write mask.
+ICE40_BRAM = [(16, 256), (8, 512), (4, 1024), (2, 2048)]
+#: ECP5 DP16KD shapes (width, depth); 36 and 18 wide have 9-bit byte enables.
+ECP5_BRAM = [(36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)]
+#: Memories of at most this many bits go to logic (ECP5 LUT RAM / iCE40 flip-flops), not BRAM.
+SMALL_MEMORY_BITS = {"ice40": 0, "ecp5": 1024}
+#: DSPs of the linear unit's requantizer (``boards.build.REQUANT_DSPS``).
+REQUANT_DSPS = 2
+#: RequantParams: bias 32 + mult 16 + shift 6 bits (``hdl/common.py``).
+PARAM_BITS = 54
+
+
+def _clog2(n):
+    return max(0, (int(n) - 1).bit_length())
+
+
+def linear_memories(lin, family):
+    """The linear unit's memories: ``[(name, width, depth, granularity)]`` (block RAM
+    candidates; iCE40 bcq puts its α codes in an SPRAM, not listed)."""
+    if not lin.enabled:
+        return []
+    mems = [("pmem", PARAM_BITS, lin.max_n, PARAM_BITS)]
+    if lin.mode == "mul":
+        mems += [("wmem", lin.lanes * lin.weight_bits, lin.weight_depth, lin.weight_bits),
+                 ("xbuf", lin.act_bits, lin.max_k, lin.act_bits)]
+    elif lin.mode == "shift":
+        g = lin.shift_inputs
+        chunks = -(-lin.max_k // g)
+        mems += [("wmem", lin.lanes * g * 4, lin.weight_depth, 4),
+                 ("xbuf", g * lin.act_bits, 2 << _clog2(chunks), g * lin.act_bits)]
+    else:
+        s = lin.lanes
+        word = 8 * s + 16
+        spram = family == "ice40" and lin.weight_depth <= 16384
+        acc = lin.act_bits + _clog2(lin.max_k) + 8 + _clog2(4 * lin.bcq_bits) + 1
+        mems += [("wmem", 8 * s if spram else word, lin.weight_depth, 8),
+                 ("amem", acc, lin.max_n, acc)]
+        mems += [(f"table{i}", lin.act_bits + 3, 256, lin.act_bits + 3) for i in range(s)]
+    return mems
+
+
+def map_bram(width, depth, gran, family):
+    """Block RAMs Yosys uses for one ``width × depth`` memory with write granularity ``gran``
+    (0 when it goes to logic)."""
+    if width * depth <= SMALL_MEMORY_BITS[family]:
+        return 0
+    best = None
+    granules = -(-width // gran)
+    for w, d in (ICE40_BRAM if family == "ice40" else ECP5_BRAM):
+        rows = -(-depth // d)
+        if gran >= width:                           # one write enable: any shape
+            cols = -(-width // w)
+        elif family == "ice40" and w == 16:         # bit mask: pack granules freely
+            cols = -(-width // w)
+        elif family == "ecp5" and w in (18, 36):    # byte enables: one granule per 9-bit lane
+            lanes = w // 9
+            cols = -(-granules * -(-gran // 9) // lanes)
+        else:                                       # one granule per column of blocks
+            cols = granules * -(-gran // w)
+        n = rows * cols
+        best = n if best is None else min(best, n)
+    return best
+
+
+def linear_dsp(lin, family, board_dsp=None):
+    """DSP blocks of the linear unit: ``mul`` lanes on hardware multipliers (``hw_lanes``,
+    capped at what the requantizer leaves, as ``boards.build.resolve_config``) + requantizer."""
+    if not lin.enabled:
+        return 0
+    if lin.mode != "mul":
+        return REQUANT_DSPS
+    hw = lin.hw_lanes
+    if lin.dsp_lanes is None and board_dsp is not None:
+        hw = min(hw, max(0, board_dsp - REQUANT_DSPS))
+    return hw + REQUANT_DSPS
+
+
+def _logic_lanes(lin, board_dsp):
+    if not lin.enabled or lin.mode != "mul":
+        return 0
+    return lin.lanes - (linear_dsp(lin, None, board_dsp) - REQUANT_DSPS)
+
+
+def features(config, family, board_dsp):
+    """Regressors of the logic and flip-flop models: ``{name: value}``."""
+    lin, att = config.linear, config.attention
+    f = {"const": 1.0}
+    acc = lin.act_bits + lin.weight_bits + _clog2(lin.max_k)
+    on = lin.enabled
+    f["mul"] = float(on and lin.mode == "mul")
+    f["shift"] = float(on and lin.mode == "shift")
+    f["bcq"] = float(on and lin.mode == "bcq")
+    f["mul_lanes_acc"] = f["mul"] * lin.lanes * acc
+    f["logic_lanes"] = float(_logic_lanes(lin, board_dsp))
+    f["shift_products"] = f["shift"] * lin.lanes * lin.shift_inputs
+    f["shift_lanes_acc"] = f["shift"] * lin.lanes * acc
+    f["bcq_slot_planes"] = f["bcq"] * lin.lanes * (lin.bcq_bits + 1)
+    f["depth_bits"] = float(on) * (_clog2(lin.max_k) + _clog2(lin.max_n) + _clog2(lin.weight_depth))
+    att_on = float(att.enabled)
+    f["att"] = att_on
+    f["att_lanes"] = att_on * att.lanes
+    return f
+
+
+#: Regressors used per family (a family without attention points cannot fit attention terms).
+FEATURES = {
+    "ice40": ["const", "shift", "bcq", "mul_lanes_acc", "logic_lanes", "shift_products",
+              "bcq_slot_planes", "depth_bits"],
+    "ecp5": ["const", "shift", "bcq", "mul_lanes_acc", "shift_products", "bcq_slot_planes",
+             "att", "att_lanes", "depth_bits"],
+}
+
+
+#: Attention cost on a family without attention calibration points (iCE40: the softmax
+#: kernel alone, placed, README "Attention"; per extra lane: two lane MACs in logic).
+ATTENTION_PRIOR = {"ice40": dict(lut=4594, lut_lane=600, dsp=8, dsp_lane=0, bram=6)}
+
+#: Order in which features are fitted when the points cannot identify them all.
+PRIORITY = ["const", "mul_lanes_acc", "att_lanes", "logic_lanes", "shift_products",
+            "bcq_slot_planes", "att", "shift", "bcq", "depth_bits", "shift_lanes_acc"]
+
+
+@dataclass
+class Resources:
+    """Estimated resources of one configuration on one board."""
+    board: str
+    family: str
+    lut: int
+    ff: int
+    dsp: int
+    bram: int
+    spram: int
+    fmax_mhz: float
+    fmax_margin: float
+    totals: dict
+    parts: dict = field(default_factory=dict)     # unit -> {lut, dsp, bram}
+
+    @property
+    def feasible_clock_mhz(self):
+        """Highest clock this model calls routable: fmax × (1 − margin)."""
+        return self.fmax_mhz * (1 - self.fmax_margin)
+
+    def utilization(self):
+        return {k: getattr(self, k) / self.totals[k] for k in ("lut", "ff", "dsp", "bram", "spram")
+                if self.totals.get(k)}
+
+    def to_dict(self):
+        return dict(board=self.board, family=self.family, lut=self.lut, ff=self.ff, dsp=self.dsp,
+                    bram=self.bram, spram=self.spram, fmax_mhz=round(self.fmax_mhz, 2),
+                    fmax_margin=round(self.fmax_margin, 3),
+                    feasible_clock_mhz=round(self.feasible_clock_mhz, 2),
+                    totals=dict(self.totals), parts=self.parts)
+
+
+def load_calibration(path=None):
+    return json.loads(Path(path or CALIBRATION).read_text())
+
+
+def _point_config(p):
+    from .config import AcceleratorConfig
+    return AcceleratorConfig.from_dict(p["config"])
+
+
+def measured(p):
+    """Measured figures of a calibration point: ``{lut, ff, dsp, bram, spram, lut_placed?,
+    fmax?}`` from Yosys's cells (and nextpnr where placed)."""
+    c = p["cells"]
+    if p["family"] == "ice40":
+        m = dict(lut4=c.get("SB_LUT4", 0), carry=c.get("SB_CARRY", 0),
+                 ff=sum(n for k, n in c.items() if k.startswith("SB_DFF")),
+                 dsp=c.get("SB_MAC16", 0), bram=c.get("SB_RAM40_4K", 0),
+                 spram=c.get("SB_SPRAM256KA", 0))
+    else:
+        m = dict(lut4=c.get("LUT4", 0), carry=c.get("CCU2C", 0),
+                 ff=sum(n for k, n in c.items() if k.startswith("TRELLIS_FF")),
+                 dsp=c.get("MULT18X18D", 0), bram=c.get("DP16KD", 0), spram=0,
+                 lutram=c.get("TRELLIS_DPR16X4", 0))
+    placed = p.get("placed")
+    if placed:
+        m["lut_placed"] = placed["lut"]
+        m["fmax"] = placed.get("fmax_mhz")
+    return m
+
+
+def _yosys_logic(m, family):
+    """Yosys's cells as the LUT-equivalents nextpnr counts before the packing ratio: iCE40
+    LUT4s (carries share their LC), ECP5 LUT4s + 2 per CCU2C + 4 per LUT-RAM."""
+    if family == "ice40":
+        return m["lut4"]
+    return m["lut4"] + 2 * m["carry"] + 4 * m.get("lutram", 0)
+
+
+class ResourceModel:
+    """The fitted models of one calibration file (:func:`estimate` uses the shipped one).
+
+    Parameters
+    ----------
+    data : dict
+        Calibration data (:func:`load_calibration`).
+    fit_sets : tuple
+        Point sets to fit on (``("calib",)``; ``scripts/bench_search.py`` keeps
+        ``"heldout"`` out).
+    """
+
+    def __init__(self, data, fit_sets=("calib",)):
+        from ..boards import get_board
+        self.data = data
+        self.points = [p for p in data["points"] if "cells" in p and "error" not in p
+                       or ("cells" in p and p.get("placed") is None)]
+        self.fit_points = [p for p in self.points if p.get("set", "calib") in fit_sets]
+        self.accuracy = data.get("accuracy", {})
+        self.pack, self.coef_lut, self.coef_ff, self.fmax_fit = {}, {}, {}, {}
+        self.int_fit = {}
+        for fam in ("ice40", "ecp5"):
+            pts = [p for p in self.fit_points if p["family"] == fam]
+            if not pts:
+                continue
+            ms = [measured(p) for p in pts]
+            cfgs = [_point_config(p) for p in pts]
+            dsps = [get_board(p["board"]).device.dsp for p in pts]
+            # packing ratio placed / Yosys logic
+            ratios = [m["lut_placed"] / _yosys_logic(m, fam) for m in ms if "lut_placed" in m]
+            self.pack[fam] = float(np.median(ratios)) if ratios else 1.0
+            names = FEATURES[fam]
+            F = [features(c, fam, d) for c, d in zip(cfgs, dsps)]
+            y_lut = np.array([m.get("lut_placed", _yosys_logic(m, fam) * self.pack[fam])
+                              for m in ms], dtype=float)
+            y_ff = np.array([m["ff"] for m in ms], dtype=float)
+            self.coef_lut[fam] = self._fit(names, F, y_lut, self.coef_lut.get("ice40"))
+            self.coef_ff[fam] = self._fit(names, F, y_ff, self.coef_ff.get("ice40"))
+            # integer residual models of the link's and attention unit's BRAM, DSP, SPRAM
+            R = np.array([[1.0, float(c.attention.enabled),
+                           float(c.attention.enabled) * c.attention.lanes] for c in cfgs])
+            fits = {}
+            for key, analytic in (("bram", lambda c: sum(map_bram(w, dd, g, fam) for _, w, dd, g
+                                                         in linear_memories(c.linear, fam))),
+                                  ("dsp", None), ("spram", None)):
+                y = []
+                for c, m, d in zip(cfgs, ms, dsps):
+                    if key == "bram":
+                        base = analytic(c)
+                    elif key == "dsp":
+                        base = linear_dsp(c.linear, fam, d)
+                    else:
+                        base = 0
+                    y.append(m[key] - base)
+                fits[key] = [int(round(v)) for v in _lstsq(R, np.array(y, dtype=float))]
+            self.int_fit[fam] = fits
+            # fmax against logic utilization
+            fx = [(m["lut_placed"] / get_board(p["board"]).device.lut, m["fmax"])
+                  for p, m in zip(pts, ms) if m.get("fmax")]
+            if len(fx) >= 2:
+                u, f = np.array(fx).T
+                slope, icpt = np.polyfit(u, f, 1)
+                if slope > 0:          # fewer points than noise: no trend
+                    slope, icpt = 0.0, float(np.mean(f))
+            elif fx:
+                slope, icpt = 0.0, fx[0][1]
+            else:
+                slope, icpt = 0.0, {"ice40": 30.0, "ecp5": 50.0}[fam]
+            over = [(icpt + slope * uu - ff) / (icpt + slope * uu) for uu, ff in fx]
+            margin = max([0.05] + over)
+            self.fmax_fit[fam] = (float(icpt), float(slope), float(margin))
+
+    @staticmethod
+    def _fit(names, F, y, prior=None):
+        """Least squares over the features the points identify (``PRIORITY`` order, at most
+        one per point); a feature they cannot identify takes ``prior``'s coefficient (the
+        other family's: both are LUT4 fabrics) or 0."""
+        usable = [n for n in PRIORITY if n in names
+                  and (n == "const" or len({round(f[n], 9) for f in F}) > 1)][:len(F)]
+        fixed = {n: (prior or {}).get(n, 0.0) for n in names if n not in usable}
+        yr = y - np.array([sum(c * f[n] for n, c in fixed.items()) for f in F])
+        X = np.array([[f[n] for n in usable] for f in F])
+        coef = dict(zip(usable, _lstsq(X, yr)))
+        coef.update(fixed)
+        return coef
+
+    def _attention_identified(self, fam):
+        """Whether the family's points include an attention unit (then its cost is fitted,
+        possibly inside the constant)."""
+        return any(p["family"] == fam and p["config"].get("attention", {}).get("enabled")
+                   for p in self.fit_points)
+
+    def estimate(self, config, board=None):
+        """:class:`Resources` of ``config`` on ``board`` (default: the configuration's)."""
+        from ..boards import get_board
+        b = get_board(board or config.board)
+        fam, dev = b.family, b.device
+        if fam not in self.coef_lut:
+            raise ValueError(f"no calibration for the {fam} family")
+        f = features(config, fam, dev.dsp)
+        lut_parts = _split(self.coef_lut[fam], f)
+        ff = sum(self.coef_ff[fam][n] * f[n] for n in FEATURES[fam])
+        fits = self.int_fit[fam]
+        att_on = float(config.attention.enabled)
+        att_lanes = att_on * config.attention.lanes
+
+        def integer(key, base):
+            c0, c1, c2 = fits[key]
+            link = c0
+            att = c1 * att_on + c2 * att_lanes
+            return base + link + att, link, att
+
+        lin_bram = sum(map_bram(w, d, g, fam) for _, w, d, g in linear_memories(config.linear, fam))
+        bram, link_bram, att_bram = integer("bram", lin_bram)
+        lin_dsp = linear_dsp(config.linear, fam, dev.dsp)
+        dsp, link_dsp, att_dsp = integer("dsp", lin_dsp)
+        lin_spram = 1 if (fam == "ice40" and config.linear.enabled and config.linear.mode == "bcq"
+                          and config.linear.weight_depth <= 16384) else 0
+        spram, _, _ = integer("spram", lin_spram)
+        if config.attention.enabled and not self._attention_identified(fam):
+            # No calibration point of this family varies the attention unit: the measured
+            # softmax kernel alone on the iCE40UP5K (README, scripts/bench_attention.py:
+            # 1 lane, d = 32, 4,594 LC, 8 DSP, 6 EBR) as a floor, so that the search never
+            # places it where it cannot fit.
+            prior = ATTENTION_PRIOR.get(fam)
+            if prior is not None:
+                extra = config.attention.lanes - 1
+                lut_parts["attention"] += prior["lut"] + prior["lut_lane"] * extra
+                att_dsp += prior["dsp"] + prior["dsp_lane"] * extra
+                att_bram += prior["bram"]
+                dsp += prior["dsp"] + prior["dsp_lane"] * extra
+                bram += prior["bram"]
+        lut = max(1, round(sum(lut_parts.values())))
+        icpt, slope, margin = self.fmax_fit[fam]
+        fmax = icpt + slope * lut / dev.lut
+        totals = dict(lut=dev.lut, ff=dev.ff, dsp=dev.dsp, bram=dev.bram, spram=dev.spram)
+        parts = {
+            "link": dict(lut=round(lut_parts["link"]), dsp=int(link_dsp), bram=int(link_bram)),
+            "linear": dict(lut=round(lut_parts["linear"]), dsp=int(lin_dsp), bram=int(lin_bram)),
+            "attention": dict(lut=round(lut_parts["attention"]), dsp=int(att_dsp),
+                              bram=int(att_bram)),
+        }
+        return Resources(b.name, fam, lut, max(0, round(ff)), max(0, int(dsp)),
+                         max(0, int(bram)), max(0, int(spram)), float(fmax), margin, totals,
+                         parts)
+
+
+def _split(coef, f):
+    """Logic per part: the constant is the link/top, ``att*`` the attention unit, the rest
+    the linear unit."""
+    parts = {"link": 0.0, "linear": 0.0, "attention": 0.0}
+    for n, c in coef.items():
+        part = "link" if n == "const" else "attention" if n.startswith("att") else "linear"
+        parts[part] += c * f[n]
+    return parts
+
+
+def _lstsq(X, y):
+    # A little ridge keeps coefficients of barely-sampled features finite; the constant is
+    # not penalized.
+    lam = 1e-3
+    n = X.shape[1]
+    reg = np.sqrt(lam) * np.eye(n)
+    reg[0, 0] = 0.0
+    A = np.vstack([X, reg])
+    b = np.concatenate([y, np.zeros(n)])
+    coef, *_ = np.linalg.lstsq(A, b, rcond=None)
+    return [float(c) for c in coef]
+
+
+@lru_cache(maxsize=4)
+def _model(path=None):
+    return ResourceModel(load_calibration(path))
+
+
+def estimate(config, board=None, *, model=None):
+    """Estimated :class:`Resources` of ``config`` on ``board`` with the shipped calibration
+    (or ``model``, a :class:`ResourceModel`)."""
+    return (model or _model()).estimate(config, board)

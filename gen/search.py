@@ -1,0 +1,434 @@
+"""Design-space search: the fastest accelerator for a model on a board, under the board's
+resources and an accuracy floor (issue 14).
+
+A candidate is an :class:`~amaformer.gen.config.AcceleratorConfig`: the linear unit's weight
+encoding and bits (``mul`` int8/int6, ``shift`` with 4 or 7 magnitudes, ``bcq`` with 2–4
+planes), its lanes (``shift``: and products per lane), its memory depths (``max_k``, the K
+chunk of every layer; ``weight_depth``; ``max_n``), the softmax attention unit's lanes (or no
+attention unit, attention on the host, with ``host_attention``), and the clock target. Each is
+scored with models only, no synthesis:
+
+* latency: :func:`amaformer.gen.latency.model_latency`, the units' exact cycle models over the
+  whole-model schedule, at the PLL's achievable clock; the link's time for the bytes it moves
+  is reported beside it and counted only with ``link_counts``;
+* resources and fmax: :func:`amaformer.gen.resources.estimate` (calibrated from real builds);
+* accuracy: the whole-model cosine of the weight encoding on the device-exact path, from the
+  calibration data (measured once by ``scripts/calibrate.py --accuracy``, never recomputed here).
+
+Constraints (each ``<= 0`` when met): logic ``<= lut_margin ×`` the device's (routability),
+flip-flops, DSP, block RAM and SPRAM within the device, the clock at most the predicted fmax
+minus the family's margin, the cosine at least the floor, the sentence's Q, K, V within the
+activation memory.
+
+Why optuna
+    The space is mixed and conditional (bits only for their encoding, products per lane only
+    for ``shift``) and most of it is infeasible; optuna's TPE sampler takes categorical,
+    conditional parameters natively, handles constraints (``constraints_func``: infeasible
+    trials inform the sampler instead of being dropped), has a multi-objective mode whose
+    Pareto front we write out (latency against logic), is seeded for reproducible runs, and is
+    a maintained library with a stable API, where a hand-written annealer or genetic algorithm
+    would need all of that written and tested here. Evaluations are milliseconds, so the
+    sampler's own overhead bounds the run; a few hundred trials suffice (see
+    ``scripts/bench_search.py``: gap to the exhaustive optimum of a small space).
+"""
+
+import math
+import time
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+
+__all__ = ["SearchSpace", "Candidate", "SearchResult", "Infeasible", "evaluate", "search",
+           "enumerate_space", "default_config", "ACCURACY_FALLBACK", "encoding_key"]
+
+#: Whole-model cosines used when the calibration data has no accuracy table (min over 12
+#: held-out sentences, device-exact path, the compiler's numerics; README "Whole model").
+ACCURACY_FALLBACK = {"mul8": 0.99802}
+
+
+#: The constraints of a candidate (see :func:`evaluate`).
+CONSTRAINTS = ("LUT", "FF", "DSP", "BRAM", "SPRAM", "clock", "cosine", "tokens")
+
+
+class Infeasible(ValueError):
+    """No candidate meets the constraints; the message (one line) names the constraint that
+    fails and by how much, for the closest candidate."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices of each variable (tuples); what the family cannot use is filtered out."""
+    encodings: tuple = ("mul8", "mul6", "mul4", "shift4", "shift7", "bcq2", "bcq3", "bcq4")
+    lanes: tuple = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 56, 64)
+    shift_inputs: tuple = (1, 2, 4)
+    att_lanes: tuple = (1, 2, 3, 4, 6, 8, 12, 16)
+    max_k: tuple = (256, 384, 512, 1024)
+    depth_factor: tuple = (1, 2, 4, 8)         # weight_depth = words(max_k) × factor
+    max_n: tuple = (384, 512, 1536)
+    clocks: dict = field(default_factory=lambda: {
+        "ice40": (16.0, 18.0, 20.0, 22.5, 24.0, 25.5, 27.0, 30.0, 33.0, 36.0, 39.0, 42.0),
+        "ecp5": (25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0, 80.0,
+                 90.0, 100.0)})
+
+    def size(self, family, encodings=None):
+        encs = encodings or self.encodings
+        n_lin = sum(len(self.lanes) * (len(self.shift_inputs) if e.startswith("shift") else 1)
+                    for e in encs)
+        return (n_lin * len(self.att_lanes) * len(self.max_k) * len(self.depth_factor)
+                * len(self.max_n) * len(self.clocks[family]))
+
+
+def encoding_key(lin):
+    """``"mul8"``, ``"shift4"``, ``"bcq3"``: the accuracy table's key of a linear unit."""
+    bits = {"mul": lin.weight_bits, "shift": lin.shift_levels, "bcq": lin.bcq_bits}[lin.mode]
+    return f"{lin.mode}{bits}"
+
+
+def _parse_encoding(key):
+    mode = key.rstrip("0123456789")
+    return mode, int(key[len(mode):])
+
+
+@lru_cache(maxsize=256)
+def pll_clock(family, osc_mhz, mhz):
+    """The frequency the board's PLL makes for a request (``boards.clocks``)."""
+    from ..boards.clocks import ecp5_pll_params, ice40_pll_params
+    fn = ice40_pll_params if family == "ice40" else ecp5_pll_params
+    return fn(osc_mhz, mhz)["f_out_mhz"]
+
+
+def make_config(board, params, base=None):
+    """An :class:`AcceleratorConfig` from one point of the space (``params``: ``encoding``,
+    ``lanes``, ``shift_inputs``, ``att_lanes`` (0: no attention unit), ``max_k``,
+    ``depth_factor``, ``max_n``, ``clock``). Raises ``ConfigError`` for an invalid one."""
+    from .config import AcceleratorConfig, AttentionConfig, LinearConfig
+    mode, bits = _parse_encoding(params["encoding"])
+    lin = dict(mode=mode, lanes=params["lanes"], max_k=params["max_k"],
+               max_n=params["max_n"], weight_depth=1 << 20)
+    if mode == "mul":
+        lin["weight_bits"] = bits
+    elif mode == "shift":
+        lin.update(shift_levels=bits, shift_inputs=params.get("shift_inputs", 1))
+    else:
+        lin["bcq_bits"] = bits
+    probe = LinearConfig(**lin)
+    words = probe.weight_words(params["max_k"], 1)
+    lin["weight_depth"] = (1 << max(0, (words - 1).bit_length())) * params["depth_factor"]
+    att = (AttentionConfig(mode="softmax", enabled=True, lanes=params["att_lanes"])
+           if params["att_lanes"] else AttentionConfig())
+    base = base or AcceleratorConfig()
+    return AcceleratorConfig(name=base.name, board=board, clock_mhz=float(params["clock"]),
+                             linear=LinearConfig(**lin), attention=att, uart=base.uart)
+
+
+@dataclass
+class Candidate:
+    """One scored configuration."""
+    params: dict
+    config: object
+    resources: object
+    latency: object
+    cosine: float
+    clock_mhz: float             # what the PLL makes
+    violations: dict             # constraint -> amount over (> 0: violated), in its unit
+    limits: dict                 # constraint -> (needed, allowed, unit)
+    link_counts: bool = False
+
+    @property
+    def feasible(self):
+        return all(v <= 0 for v in self.violations.values())
+
+    @property
+    def objective_s(self):
+        return self.latency.total_s(self.link_counts)
+
+    def row(self):
+        r, lat = self.resources, self.latency
+        return dict(encoding=self.params["encoding"], lanes=self.params["lanes"],
+                    shift_inputs=self.params.get("shift_inputs", 1),
+                    att_lanes=self.params["att_lanes"], max_k=self.params["max_k"],
+                    weight_depth=self.config.linear.weight_depth,
+                    max_n=self.params["max_n"], clock_mhz=round(self.clock_mhz, 3),
+                    compute_s=round(lat.compute_s, 6), link_s=round(lat.link_s, 3),
+                    cycles=lat.cycles, lut=r.lut, ff=r.ff, dsp=r.dsp, bram=r.bram,
+                    spram=r.spram, fmax_mhz=round(r.fmax_mhz, 1), cosine=self.cosine,
+                    feasible=self.feasible)
+
+
+def accuracy_table(model=None):
+    from .resources import _model
+    acc = (model or _model()).accuracy
+    return {k: v["cosine_min"] for k, v in acc.items()} or dict(ACCURACY_FALLBACK)
+
+
+def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lut_margin=0.85,
+             model=None, accuracy=None, base=None):
+    """Score one point of the space: a :class:`Candidate` (``None`` when the point is not a
+    valid configuration)."""
+    from ..boards import get_board
+    from .config import ConfigError
+    from .latency import ACT_DEPTH, MINILM, model_latency
+    from .resources import estimate
+    b = get_board(board)
+    try:
+        cfg = make_config(board, params, base)
+    except ConfigError:
+        return None
+    res = estimate(cfg, board, model=model)
+    f_clk = pll_clock(b.family, b.clock_mhz, float(params["clock"]))
+    cfg = cfg.replace(clock_mhz=round(f_clk, 4))
+    try:
+        lat = model_latency(cfg, tokens, clock_mhz=f_clk)
+    except ValueError:
+        return None
+    acc = accuracy if accuracy is not None else accuracy_table(model)
+    cos = acc.get(params["encoding"], float("nan"))
+    d = b.device
+    limits = {
+        "LUT": (res.lut, math.floor(lut_margin * d.lut), "LC" if b.family == "ice40" else "LUT4"),
+        "FF": (res.ff, d.ff, "FF"),
+        "DSP": (res.dsp, d.dsp, "DSP"),
+        "BRAM": (res.bram, d.bram, "block RAM"),
+        "SPRAM": (res.spram, d.spram, "SPRAM"),
+        "clock": (f_clk, res.feasible_clock_mhz, "MHz"),
+        "cosine": (-cos if cos == cos else 0.0, -min_cosine, "cosine"),
+    }
+    if cfg.attention.enabled:
+        per_token = 3 * MINILM.heads * MINILM.head_dim
+        limits["tokens"] = (tokens, ACT_DEPTH // per_token, "tokens")
+    viol = {k: (need - allow) for k, (need, allow, _) in limits.items()}
+    if cos != cos:
+        viol["cosine"] = 1.0
+    return Candidate(dict(params), cfg, res, lat, cos, f_clk, viol, limits, link_counts)
+
+
+def _suggest(trial, space, family, encodings, host_attention):
+    enc = trial.suggest_categorical("encoding", list(encodings))
+    p = {"encoding": enc, "lanes": trial.suggest_categorical("lanes", list(space.lanes))}
+    if enc.startswith("shift"):
+        p["shift_inputs"] = trial.suggest_categorical("shift_inputs", list(space.shift_inputs))
+    att = list(space.att_lanes) + ([0] if host_attention else [])
+    p["att_lanes"] = trial.suggest_categorical("att_lanes", att)
+    p["max_k"] = trial.suggest_categorical("max_k", list(space.max_k))
+    p["depth_factor"] = trial.suggest_categorical("depth_factor", list(space.depth_factor))
+    p["max_n"] = trial.suggest_categorical("max_n", list(space.max_n))
+    p["clock"] = trial.suggest_categorical("clock", list(space.clocks[family]))
+    return p
+
+
+def enumerate_space(space, family, encodings, host_attention=False):
+    """Every point of ``space`` (for exhaustive checks of small spaces)."""
+    import itertools
+    att = list(space.att_lanes) + ([0] if host_attention else [])
+    for enc in encodings:
+        sis = space.shift_inputs if enc.startswith("shift") else (1,)
+        for lanes, si, a, k, f, n, c in itertools.product(
+                space.lanes, sis, att, space.max_k, space.depth_factor, space.max_n,
+                space.clocks[family]):
+            p = dict(encoding=enc, lanes=lanes, att_lanes=a, max_k=k, depth_factor=f,
+                     max_n=n, clock=c)
+            if enc.startswith("shift"):
+                p["shift_inputs"] = si
+            yield p
+
+
+@dataclass
+class SearchResult:
+    best: Candidate
+    pareto: list                 # feasible non-dominated candidates (latency, LUT)
+    candidates: list             # every evaluated candidate
+    seconds: float
+    trials: int
+
+
+def _violation_score(c):
+    """Sum of relative violations (for the closest infeasible candidate)."""
+    s = 0.0
+    for k, v in c.violations.items():
+        if v > 0:
+            need, allow, _ = c.limits[k]
+            s += v / max(abs(allow), 1e-9)
+    return s
+
+
+def infeasible_message(cands, min_cosine, board, accuracy):
+    """One line: the constraint the closest candidate fails, and by how much."""
+    best_cos = max(accuracy.values()) if accuracy else float("nan")
+    if not accuracy or best_cos < min_cosine:
+        key = max(accuracy, key=accuracy.get) if accuracy else "none"
+        return (f"accuracy: the best weight encoding ({key}) reaches a whole-model cosine of "
+                f"{best_cos:.5f}, below the floor {min_cosine} by {min_cosine - best_cos:.5f}")
+    valid = [c for c in cands if c is not None]
+    if not valid:
+        return f"no valid configuration in the search space for {board}"
+    c = min(valid, key=_violation_score)
+    parts = []
+    for k, v in sorted(c.violations.items(), key=lambda kv: -kv[1] / max(
+            abs(c.limits[kv[0]][1]), 1e-9)):
+        if v <= 0:
+            continue
+        need, allow, unit = c.limits[k]
+        if k == "cosine":
+            parts.append(f"cosine {-need:.5f} < floor {-allow} (short by {v:.5f})")
+        elif k == "clock":
+            parts.append(f"clock {need:.1f} MHz > routable {allow:.1f} MHz (over by {v:.1f})")
+        else:
+            allow_s = f"{allow:,}" + (" (the routability margin)" if k == "LUT" else "")
+            parts.append(f"{k}: needs {need:,} {unit}, {board} allows {allow_s}: over by "
+                         f"{v:,} ({100 * v / max(allow, 1):.0f} %)")
+    what = (f"{c.params['encoding']}, {c.params['lanes']} linear lanes, "
+            + (f"attention {c.params['att_lanes']} lanes" if c.params["att_lanes"]
+               else "no attention unit"))
+    return f"no configuration fits {board}; the closest ({what}) fails " + "; ".join(parts)
+
+
+def _pareto(cands):
+    feas = sorted((c for c in cands if c is not None and c.feasible),
+                  key=lambda c: (c.objective_s, c.resources.lut))
+    front, best_lut = [], None
+    for c in feas:
+        if best_lut is None or c.resources.lut < best_lut:
+            front.append(c)
+            best_lut = c.resources.lut
+    return front
+
+
+def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
+           lut_margin=0.85, host_attention=False, space=None, seed=0, progress=None,
+           model=None, accuracy=None, base=None, timeout=None):
+    """Search the space for ``board``; returns a :class:`SearchResult`.
+
+    Optuna multi-objective TPE over (latency, logic) with the constraints of
+    :func:`evaluate`; the best is the feasible candidate with the lowest latency (ties: less
+    logic). ``progress(done, total)`` is called after each trial.
+
+    Raises
+    ------
+    Infeasible
+        No evaluated candidate meets every constraint (the message says which fails).
+    """
+    import optuna
+    from ..boards import get_board
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    space = space or SearchSpace()
+    fam = get_board(board).family
+    acc = accuracy if accuracy is not None else accuracy_table(model)
+    encodings = [e for e in space.encodings if e in acc and acc[e] >= min_cosine]
+    t0 = time.monotonic()
+    if not encodings:
+        raise Infeasible(infeasible_message([], min_cosine, board, acc))
+    if fam == "ice40":
+        space = replace(space, lanes=tuple(x for x in space.lanes if x <= 32))
+    cands = []
+    seen = {}
+
+    def objective(trial):
+        p = _suggest(trial, space, fam, encodings, host_attention)
+        key = tuple(sorted(p.items()))
+        c = seen.get(key)
+        if key not in seen:
+            c = evaluate(board, p, min_cosine=min_cosine, tokens=tokens,
+                         link_counts=link_counts, lut_margin=lut_margin, model=model,
+                         accuracy=acc, base=base)
+            seen[key] = c
+            cands.append(c)
+        if c is None:
+            for k in CONSTRAINTS:
+                trial.set_constraint(k, 1e9)
+            return 1e9, 1e9
+        for k in CONSTRAINTS:
+            v = c.violations.get(k, -1.0)
+            trial.set_constraint(k, v / max(abs(c.limits[k][1]), 1e-9) if k in c.limits else v)
+        return c.objective_s, float(c.resources.lut)
+
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # optuna's ExperimentalWarning (multivariate)
+        sampler = optuna.samplers.TPESampler(seed=seed,
+                                             n_startup_trials=min(40, max(10, trials // 8)),
+                                             multivariate=True, group=True)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        for i in range(trials):
+            study.optimize(objective, n_trials=1)
+            if progress is not None:
+                progress(i + 1, trials)
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                break
+    feas = [c for c in cands if c is not None and c.feasible]
+    if not feas:
+        raise Infeasible(infeasible_message(cands, min_cosine, board, acc))
+    best = min(feas, key=lambda c: (c.objective_s, c.resources.lut))
+    return SearchResult(best, _pareto(cands), cands, time.monotonic() - t0, len(study.trials))
+
+
+def default_config(board):
+    """The configuration a board gets without search: the whole-model default
+    (``gen.model_run.minilm_config``) on its board (ULX3S-85F), else the default linear unit
+    on the board (no attention unit)."""
+    from .config import AcceleratorConfig
+    from .model_run import MINILM_PRESET, minilm_config
+    if board == MINILM_PRESET:
+        return minilm_config()
+    return AcceleratorConfig(board=board)
+
+
+# --- output -------------------------------------------------------------------------------------
+
+def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts):
+    """``config.toml`` (the best, loadable by ``generate``/``build``/``run``), ``pareto.csv``,
+    ``pareto.png`` (latency against logic, accuracy as colour), ``search.json``."""
+    import csv
+    import json
+    from pathlib import Path
+
+    from .config import save_config
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(result.best.config, out / "config.toml")
+    rows = [c.row() for c in result.pareto]
+    with open(out / "pareto.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    png = _plot(result, out / "pareto.png", board)
+    best = result.best
+    summary = dict(board=board, min_cosine=min_cosine, tokens=tokens, link_counts=link_counts,
+                   trials=result.trials, seconds=round(result.seconds, 2),
+                   best=best.row(), estimate=best.resources.to_dict(),
+                   latency=best.latency.to_dict(), config=best.config.to_dict(),
+                   pareto=len(rows), png=str(png) if png else None)
+    (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def _plot(result, path, board):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    feas = [c for c in result.candidates if c is not None and c.feasible]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if feas:
+        sc = ax.scatter([c.resources.lut for c in feas], [c.objective_s * 1e3 for c in feas],
+                        c=[c.cosine for c in feas], cmap="viridis", s=10, alpha=0.35,
+                        label="feasible candidates")
+        fr = result.pareto
+        ax.scatter([c.resources.lut for c in fr], [c.objective_s * 1e3 for c in fr],
+                   c=[c.cosine for c in fr], cmap="viridis", s=45, edgecolors="k",
+                   vmin=sc.get_clim()[0], vmax=sc.get_clim()[1], label="Pareto front")
+        ax.plot([c.resources.lut for c in fr], [c.objective_s * 1e3 for c in fr], "k-",
+                lw=0.6)
+        fig.colorbar(sc, ax=ax, label="whole-model cosine (min, 12 sentences)")
+    b = result.best
+    ax.scatter([b.resources.lut], [b.objective_s * 1e3], marker="*", s=220, c="red",
+               label="chosen")
+    ax.set_xlabel("logic (LC / LUT4, estimated)")
+    ax.set_ylabel("whole-model latency per sentence (ms)")
+    ax.set_yscale("log")
+    ax.set_title(f"amaformer search: all-MiniLM-L6-v2 on {board}")
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

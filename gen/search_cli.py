@@ -1,0 +1,166 @@
+"""``amaformer search``: the design-space search on the command line (:mod:`amaformer.gen.search`).
+
+Registered by :func:`register`, which ``gen/cli.py`` calls with its ``subcommand`` and ``arg``
+helpers, so that this module owns the command without editing the CLI's other commands.
+"""
+
+import sys
+from pathlib import Path
+
+__all__ = ["register", "run_search", "validate"]
+
+MODELS = ("minilm",)
+
+
+def _build_one(args):
+    """Build one candidate (a Dask task): ``(index, report or error string)``."""
+    i, config_dict, board, out_dir = args
+    from ..boards import BuildError, build
+    from .config import AcceleratorConfig
+    try:
+        return i, build(AcceleratorConfig.from_dict(config_dict), board, out_dir)
+    except BuildError as e:
+        return i, str(e)
+
+
+def validate(cands, board, out_dir, *, scheduler=None, workers=None, log=print):
+    """Build ``cands`` (place and route, in parallel on Dask) and print estimate against
+    placed result; returns ``[(candidate, report or error)]``."""
+    from .parallel import map_parallel
+    items = [(i, c.config.to_dict(), board, str(Path(out_dir) / f"validate{i}"))
+             for i, c in enumerate(cands)]
+    log(f"building {len(items)} candidate(s) on Dask "
+        f"({'scheduler ' + scheduler if scheduler else 'local cluster'}) ...")
+    results = map_parallel(_build_one, items, scheduler=scheduler, workers=workers)
+    out = []
+    for c, res in zip(cands, results):
+        rep = res[1] if isinstance(res, tuple) else str(res)
+        out.append((c, rep))
+        r = c.resources
+        if isinstance(rep, dict):
+            log(f"  #{len(out)} {c.params['encoding']} {c.params['lanes']} lanes, att "
+                f"{c.params['att_lanes']}: LUT est {r.lut:,} placed {rep['lut']:,} "
+                f"({100 * (r.lut - rep['lut']) / max(rep['lut'], 1):+.1f} %), DSP {r.dsp}/"
+                f"{rep['dsp']}, BRAM {r.bram}/{rep['bram']}, fmax est {r.fmax_mhz:.1f} placed "
+                f"{rep['fmax_mhz']} MHz at {rep['clock_mhz']} MHz "
+                f"({'met' if rep['timing_met'] else 'NOT met'})")
+        else:
+            log(f"  #{len(out)} build failed: {rep}")
+    return out
+
+
+def run_search(args, log=print):
+    """The command's work; returns the exit status. Raises ``CliError``-like ``ValueError``
+    subclasses for bad input (the caller prints them)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from ..boards import get_board
+    from .search import Infeasible, default_config, search, write_outputs
+    board = get_board(args.board).name
+    if args.model not in MODELS:
+        raise ValueError(f"--model must be one of {', '.join(MODELS)}, not {args.model!r}")
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
+                  console=None) as bar:
+        task = bar.add_task(f"searching {board}", total=args.trials)
+        try:
+            res = search(board, min_cosine=args.min_cosine, trials=args.trials,
+                         tokens=args.tokens, link_counts=args.link_counts,
+                         lut_margin=args.lut_margin, host_attention=args.host_attention,
+                         seed=args.seed,
+                         progress=lambda done, total: bar.update(task, completed=done))
+        except Infeasible as e:
+            print(f"amaformer: infeasible: {e}", file=sys.stderr)
+            return 1
+    summary = write_outputs(res, args.out, board=board, min_cosine=args.min_cosine,
+                            tokens=args.tokens, link_counts=args.link_counts)
+    b = res.best
+    from .latency import model_latency
+    d = default_config(board)
+    d_lat = model_latency(d, args.tokens)
+    r = b.resources
+    log(f"best of {res.trials} trials in {res.seconds:.1f} s: {b.params['encoding']}, "
+        f"{b.params['lanes']} linear lanes, "
+        + (f"attention {b.params['att_lanes']} lanes, " if b.params["att_lanes"] else
+           "attention on the host, ")
+        + f"max_k {b.params['max_k']}, clock {b.clock_mhz:.2f} MHz")
+    log(f"  whole model ({args.tokens} tokens): compute {b.latency.compute_s * 1e3:.2f} ms "
+        f"({b.latency.cycles:,} cycles), link {b.latency.link_s:.1f} s at "
+        f"{b.config.uart.baud} baud ({'counted' if args.link_counts else 'not counted'}); "
+        f"default configuration: compute {d_lat.compute_s * 1e3:.2f} ms "
+        f"({d_lat.compute_s / b.latency.compute_s:.1f}x slower)")
+    log(f"  estimate: {r.lut:,}/{r.totals['lut']:,} LUT, {r.ff:,} FF, {r.dsp}/{r.totals['dsp']} "
+        f"DSP, {r.bram}/{r.totals['bram']} BRAM, {r.spram} SPRAM, fmax {r.fmax_mhz:.1f} MHz "
+        f"(routable {r.feasible_clock_mhz:.1f}); cosine {b.cosine:.5f} >= {args.min_cosine}")
+    log(f"  wrote {args.out}/config.toml, pareto.csv ({summary['pareto']} points), "
+        f"pareto.png, search.json")
+    if args.validate:
+        front = sorted((c for c in res.candidates if c is not None and c.feasible),
+                       key=lambda c: (c.objective_s, c.resources.lut))
+        picks, keys = [], set()
+        for c in front:
+            k = tuple(sorted(c.config.to_dict().items(), key=str))
+            if str(k) not in keys:
+                keys.add(str(k))
+                picks.append(c)
+            if len(picks) == args.validate:
+                break
+        validate(picks, board, Path(args.out) / "validate", scheduler=args.scheduler, log=log)
+    return 0
+
+
+def register(subcommand, arg):
+    """Register ``amaformer search`` with the CLI's ``subcommand`` decorator and ``arg``."""
+    from ..boards import board_names
+
+    @subcommand(
+        "search", "find the fastest accelerator for a model on a board (design-space search)",
+        arg("--board", "-b", metavar="B", required=True,
+            help=f"board ({', '.join(board_names())})"),
+        arg("--model", "-m", default="minilm", choices=list(MODELS),
+            help="model whose whole-model latency is minimized (default minilm: "
+                 "all-MiniLM-L6-v2)"),
+        arg("--min-cosine", type=float, default=0.99, metavar="C",
+            help="accuracy floor: whole-model sentence-embedding cosine against float "
+                 "(min over 12 held-out sentences, device-exact path; default 0.99)"),
+        arg("--link-counts", action="store_true",
+            help="count the link's time (UART at the configuration's baud) in the latency "
+                 "(default: compute only, the link reported beside it)"),
+        arg("--out", "-o", metavar="DIR", required=True,
+            help="output folder: config.toml, pareto.csv, pareto.png, search.json"),
+        arg("--trials", type=int, default=300, metavar="N",
+            help="optuna trials (model evaluations, milliseconds each; default 300)"),
+        arg("--tokens", type=int, default=24, metavar="T",
+            help="tokens of the sentence the latency is computed for (default 24)"),
+        arg("--lut-margin", type=float, default=0.85, metavar="F",
+            help="routability margin: use at most F of the device's logic (default 0.85)"),
+        arg("--host-attention", action="store_true",
+            help="allow designs without an attention unit (attention on the host; the "
+                 "whole-model program needs one, `run --layer minilm` does not)"),
+        arg("--seed", type=int, default=0, help="sampler seed (default 0)"),
+        arg("--validate", type=int, default=0, metavar="K",
+            help="build the best K candidates (place and route, minutes each, in parallel "
+                 "on Dask) and print estimate against placed result"),
+        arg("--scheduler", default=None, metavar="tcp://HOST:PORT",
+            help="Dask scheduler for --validate builds (default: a local cluster on this "
+                 "machine's cores)"),
+        description="Search weight encoding and bits, linear lanes, attention lanes, memory "
+                    "depths and clock for the lowest whole-model latency (the units' exact "
+                    "cycle models over the compiled schedule, at the PLL's clock) under the "
+                    "board's resources with a routability margin, the predicted fmax with the "
+                    "family's margin, and an accuracy floor. Resources come from models "
+                    "calibrated on real builds (gen/calibration.json); no synthesis unless "
+                    "--validate. Writes DIR/config.toml (for generate/build/run --config), the "
+                    "Pareto front (pareto.csv, pareto.png) and search.json. An infeasible "
+                    "request prints which constraint fails and by how much, exit status 1.")
+    def cmd_search(args):
+        from .cli import CliError
+        if not 0 < args.lut_margin <= 1:
+            raise CliError(f"--lut-margin must be in (0, 1], not {args.lut_margin}")
+        if args.trials < 1:
+            raise CliError(f"--trials must be at least 1, not {args.trials}")
+        if not 0 < args.min_cosine <= 1:
+            raise CliError(f"--min-cosine must be in (0, 1], not {args.min_cosine}")
+        return run_search(args)
+
+    return cmd_search

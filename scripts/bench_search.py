@@ -1,0 +1,160 @@
+#!/usr/bin/env python3
+"""Benchmark of the design-space search (issue 14): estimator error on held-out builds, the
+latency composition against the exact cycle models, the search's gap to the exhaustive optimum
+of a small space and its wall time, and the searched configurations against the defaults.
+
+The resource model is refitted on the calibration set only (``"calib"`` points of
+``gen/calibration.json``) and scored on the ``"heldout"`` points, which were built by
+``scripts/calibrate.py --set heldout`` and never fitted.
+
+Usage::
+
+    python scripts/bench_search.py --json OUT.json [--trials 300]
+"""
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _p90(xs):
+    return float(np.percentile(np.abs(xs), 90)) if xs else None
+
+
+def estimator(log):
+    from amaformer.gen.resources import (ResourceModel, _point_config, _yosys_logic,
+                                         load_calibration, measured)
+    data = load_calibration()
+    model = ResourceModel(data, fit_sets=("calib",))
+    held = [p for p in model.points if p.get("set") == "heldout"]
+    lut_err, fmax_err, dsp_ok, bram_ok, rows = {}, {}, [], [], []
+    for p in held:
+        e = model.estimate(_point_config(p), p["board"])
+        m = measured(p)
+        target = m.get("lut_placed") or _yosys_logic(m, p["family"]) * model.pack[p["family"]]
+        err = (e.lut - target) / target
+        lut_err.setdefault(p["board"], []).append(err)
+        dsp_ok.append(e.dsp == m["dsp"])
+        bram_ok.append(e.bram == m["bram"])
+        if m.get("fmax"):
+            fmax_err.setdefault(p["board"], []).append((e.fmax_mhz - m["fmax"]) / m["fmax"])
+        rows.append(dict(name=p["name"], lut_est=e.lut, lut=round(target), lut_err=round(err, 4),
+                         placed="lut_placed" in m, dsp=(e.dsp, m["dsp"]),
+                         bram=(e.bram, m["bram"])))
+        log(f"  {p['name']:16s} LUT {e.lut:6d} vs {target:8.0f} ({100 * err:+5.1f} %)  "
+            f"DSP {e.dsp}/{m['dsp']}  BRAM {e.bram}/{m['bram']}")
+    return dict(
+        heldout_points={b: len(v) for b, v in lut_err.items()},
+        lut_err_p90={b: round(_p90(v), 4) for b, v in lut_err.items()},
+        dsp_exact=(sum(dsp_ok) / len(dsp_ok)) if dsp_ok else None,
+        bram_exact=(sum(bram_ok) / len(bram_ok)) if bram_ok else None,
+        fmax_err_p90={b: round(_p90(v), 4) for b, v in fmax_err.items()},
+        heldout=rows)
+
+
+def cycles(log):
+    """The composed softmax attention model against the exact model (the linear jobs use
+    ``gen.cost.linear_job_cycles`` itself; both exact models are checked against the RTL in
+    the test suite)."""
+    from amaformer.gen.cost import attention_cycles
+    from amaformer.gen.latency import softmax_attention_cycles
+    worst = 0.0
+    for t in (8, 16, 23, 24, 28):
+        for lanes in (1, 2, 3, 4, 6, 8, 12, 16):
+            a = softmax_attention_cycles(12, t, 32, lanes)
+            b = attention_cycles("softmax", 12, t, 32, lanes)
+            worst = max(worst, abs(a - b) / b)
+    log(f"  attention composition vs exact model: max relative error {worst}")
+    return worst
+
+
+SMALL = dict(encodings=("mul8",), lanes=(4, 8, 16, 24, 32, 48, 64), att_lanes=(1, 2, 4, 8, 16),
+             max_k=(384, 512), depth_factor=(1, 2, 4), max_n=(512,))
+
+
+def gap(log, trials):
+    from amaformer.gen.search import SearchSpace, enumerate_space, evaluate, search
+    space = SearchSpace(**SMALL, clocks={"ecp5": (40.0, 50.0, 60.0, 70.0),
+                                         "ice40": (24.0, 30.0)})
+    acc = {"mul8": 0.99802}
+    t0 = time.monotonic()
+    best = None
+    n = 0
+    for p in enumerate_space(space, "ecp5", ["mul8"]):
+        c = evaluate("ulx3s-85f", p, accuracy=acc)
+        n += 1
+        if c is not None and c.feasible and (best is None or c.objective_s < best.objective_s):
+            best = c
+    t_enum = time.monotonic() - t0
+    t0, c0 = time.monotonic(), time.process_time()
+    res = search("ulx3s-85f", trials=trials, space=space, accuracy=acc)
+    wall, cpu = time.monotonic() - t0, time.process_time() - c0
+    g = res.best.objective_s / best.objective_s - 1
+    log(f"  small space: {n} points, exhaustive optimum {best.objective_s * 1e3:.3f} ms "
+        f"({t_enum:.0f} s), search {res.best.objective_s * 1e3:.3f} ms in {trials} trials "
+        f"({wall:.1f} s wall, {cpu:.1f} s CPU): gap {100 * g:.2f} %")
+    return dict(space_points=n, optimum_ms=best.objective_s * 1e3,
+                search_ms=res.best.objective_s * 1e3, gap=g, trials=trials,
+                search_wall_s=wall, search_cpu_s=cpu, enumerate_s=t_enum)
+
+
+def searched(log, trials):
+    from amaformer.gen.latency import model_latency
+    from amaformer.gen.search import accuracy_table, default_config, encoding_key, search
+    acc = accuracy_table()
+    out, speed, times = {}, {}, {}
+    for board, host_att in (("ulx3s-85f", False), ("icebreaker", True)):
+        t0, c0 = time.monotonic(), time.process_time()
+        res = search(board, trials=trials, min_cosine=0.99, host_attention=host_att)
+        times[board] = dict(wall=time.monotonic() - t0, cpu=time.process_time() - c0)
+        d = default_config(board)
+        dl = model_latency(d)
+        b = res.best
+        speed[board] = dl.compute_s / b.latency.compute_s
+        out[board] = dict(best=b.row(), config=b.config.to_dict(),
+                          compute_s=b.latency.compute_s, link_s=b.latency.link_s,
+                          cosine=b.cosine, default_compute_s=dl.compute_s,
+                          default_link_s=dl.link_s,
+                          default_cosine=acc.get(encoding_key(d.linear)),
+                          attention="device" if b.config.attention.enabled else "host",
+                          search_s=times[board])
+        log(f"  {board}: searched {b.params['encoding']} {b.params['lanes']} lanes, att "
+            f"{b.params['att_lanes']}, {b.clock_mhz:.1f} MHz: compute {b.latency.compute_s * 1e3:.1f}"
+            f" ms (default {dl.compute_s * 1e3:.1f} ms, {speed[board]:.1f}x), link "
+            f"{b.latency.link_s:.0f} s (default {dl.link_s:.0f} s), cosine {b.cosine}")
+    return out, speed, times
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", required=True)
+    ap.add_argument("--trials", type=int, default=300)
+    args = ap.parse_args(argv)
+    log = lambda s: print(s, flush=True)          # noqa: E731
+    res = {"tokens": 24, "model": "all-MiniLM-L6-v2"}
+    log("estimator on held-out builds:")
+    res.update(estimator(log))
+    log("cycle models:")
+    res["cycle_err_max"] = cycles(log)
+    log("gap to the exhaustive optimum:")
+    g = gap(log, min(args.trials, 150))
+    res["gap_to_optimum"] = g["gap"]
+    res["gap_detail"] = g
+    log("searched configurations:")
+    boards, speed, times = searched(log, args.trials)
+    res["searched"] = boards
+    res["speedup_vs_default"] = speed
+    res["search_s"] = times["ulx3s-85f"]["wall"]
+    res["search_cpu_s"] = times["ulx3s-85f"]["cpu"]
+    with open(args.json, "w") as f:
+        json.dump(res, f, indent=1, default=str)
+        f.write("\n")
+    log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,129 @@
+"""The whole-model compiler and runtime, end to end on the simulated device.
+
+A small random BERT-style encoder (2 layers, 2 heads of 16, MLP 32 → 64 → 32, fixed seed) is
+compiled for a configuration with a linear and a softmax attention unit, whose ``max_k`` (32) is
+below the MLP's second layer's K (64), so K chunks and weight tiles are exercised. The run on
+the device must equal the golden path (:func:`amaformer.gen.model.exact.exact_forward` with the
+integer golden models of every unit) bit for bit, and land close to float PyTorch; bad inputs
+get one-line errors.
+"""
+
+import pytest
+import torch
+
+from amaformer.gen.config import AcceleratorConfig, AttentionConfig, LinearConfig
+from amaformer.gen.model.exact import exact_forward, reference
+from amaformer.gen.program import ProgramError, compile_program, program_cycles
+from amaformer.host import Device
+from amaformer.host.runtime import run_program
+
+from conftest import needs_verilator, sim_transport
+
+LIN = LinearConfig(lanes=2, max_k=32, max_n=64, max_m=64, weight_depth=256)
+ATT = AttentionConfig(mode="softmax", heads=2, head_dim=16, max_tokens=12, lanes=2,
+                      enabled=True)
+CFG = AcceleratorConfig(linear=LIN, attention=ATT)
+
+
+def tiny_bert(seed=0):
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=32,
+                     attn_implementation="eager")
+    return BertModel(cfg, add_pooling_layer=False).to(torch.float64).eval()
+
+
+def sentences(n, seed, lo=4, hi=12):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, 64, (int(torch.randint(lo, hi + 1, (1,), generator=g)),),
+                          generator=g) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def program():
+    return compile_program(tiny_bert(), CFG, sentences(6, 1), max_tokens=12)
+
+
+@pytest.fixture(scope="module")
+def dev():
+    tr = sim_transport(CFG, "verilator", timeout_cycles=300, act_depth=4096, out_depth=2048)
+    return Device(tr, timeout=0.05, retries=0, expect=CFG)
+
+
+def test_schedule_places_every_linear_and_attention_on_device(program):
+    where = program.placement()
+    assert where["linear"] == ["query", "key", "value", "attn_out", "ffn_in", "ffn_out"]
+    assert where["attention"] == ["attention"]
+    assert "activation" in where["host"]
+    ffn_out = program.graph.layers[0].ffn_out.name
+    assert program.compiled.ops[ffn_out].k_chunks == ((0, 32), (32, 64))
+    tiles = program.tiles(ffn_out)
+    assert {(k0, k1) for k0, k1, *_ in tiles} == {(0, 32), (32, 64)}
+    assert all(words <= LIN.weight_depth for *_, words in tiles)
+
+
+@needs_verilator
+def test_device_run_equals_golden_bit_for_bit(program, dev):
+    ids = sentences(3, 7)
+    res = run_program(program, dev, ids)
+    hidden, layers, _ = exact_forward(program.compiled, ids)
+    for got, want in zip(res.hidden, hidden):
+        assert torch.equal(got, want)
+    for got, want in zip(res.layers, layers):
+        assert torch.equal(got, want)
+    # the trace counts real work: every layer ran 6 linear ops (2 jobs for ffn_out's K) and one
+    # attention per sentence, and moved bytes both ways
+    for t in res.trace:
+        assert t.attention_jobs == 3
+        assert t.linear_cycles > 0 and t.attention_cycles > 0
+        assert t.bytes_to_device > t.bytes_from_device > 0
+        assert t.linear_macs == sum(len(i) for i in ids) * (4 * 32 * 32 + 2 * 32 * 64)
+    # the units' cycle models composed over the program predict every layer's cycles exactly
+    model = program_cycles(program, [len(i) for i in ids], act_depth=4096, out_depth=2048)
+    assert [t.linear_cycles for t in res.trace] == [c["linear"] for c in model]
+    assert [t.attention_cycles for t in res.trace] == [c["attention"] for c in model]
+    # and lands close to float PyTorch
+    g = program.graph
+    for emb, i in zip(res.embeddings, ids):
+        ref = reference(g, i)[0]
+        assert torch.nn.functional.cosine_similarity(emb, ref, dim=0) > 0.98
+
+
+@needs_verilator
+def test_back_to_back_runs_repeat_exactly(program, dev):
+    ids = sentences(2, 11)
+    a = run_program(program, dev, ids)
+    b = run_program(program, dev, ids)
+    assert all(torch.equal(x, y) for x, y in zip(a.hidden, b.hidden))
+    assert [t.cycles for t in a.trace] == [t.cycles for t in b.trace]
+
+
+def test_errors_are_one_line(program):
+    no_att = AcceleratorConfig(linear=LIN)
+    with pytest.raises(ProgramError, match=r"no softmax attention unit") as e:
+        compile_program(tiny_bert(), no_att, sentences(2, 1))
+    assert "\n" not in str(e.value)
+    small = AttentionConfig(mode="softmax", heads=2, head_dim=8, max_tokens=12, enabled=True)
+    with pytest.raises(ProgramError, match=r"layer 0 has 2 heads of 16; the attention unit "
+                                           r"takes at most 2 heads of 8"):
+        compile_program(tiny_bert(), AcceleratorConfig(linear=LIN, attention=small),
+                        sentences(2, 1))
+    with pytest.raises(ProgramError, match=r"cannot|not"):
+        compile_program(torch.nn.Sequential(torch.nn.Linear(4, 4)), CFG, sentences(2, 1))
+    with pytest.raises(ValueError, match=r"sentence 0 has 13 tokens; this device takes 1 to 12"):
+        run_program(program, object(), [torch.arange(1, 14)])
+
+
+def test_cli_refuses_a_configuration_without_attention(tmp_path, capsys):
+    from amaformer.gen.cli import main
+    from amaformer.gen.config import save_config
+    cfg = tmp_path / "c.toml"
+    save_config(AcceleratorConfig(), cfg)
+    assert main(["run", "--model", "minilm", "--config", str(cfg), "hello"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("amaformer: error: cannot compile the model for this configuration: the "
+                   "configuration has no softmax attention unit ([attention] enabled = true, "
+                   "mode = \"softmax\"); the program needs one")
+    assert main(["run", "hello"]) == 2
+    assert "sentences are taken with --model only" in capsys.readouterr().err
