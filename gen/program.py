@@ -40,6 +40,7 @@ DEFAULT_NUMERICS = Numerics(act_scale="token", ctx_token=True, smooth=0.5, out_h
 
 
 _SHIFT4, _BCQ3, _BCQ4 = Encoding("shift", 4), Encoding("bcq", 3), Encoding("bcq", 4)
+_BCQ4G32 = Encoding("bcq", 4, group=32)
 #: Named weight-encoding sets: one encoding for every linear op, or one per op role (``mul``
 #: where absent). A mixed set needs a linear unit per encoding on the device; the accuracy
 #: figures of the README come from the bit-exact golden models of each encoding.
@@ -56,6 +57,11 @@ ENCODING_SETS = {
     "mixC": ("shift4: Q, K, V, attn_out; bcq4: ffn_in; mul: ffn_out",
              {"query": _SHIFT4, "key": _SHIFT4, "value": _SHIFT4, "attn_out": _SHIFT4,
               "ffn_in": _BCQ4}),
+    "bcq4g32": ("bcq q=4, α per 32 inputs (a 4-slot bcq unit), every layer", _BCQ4G32),
+    "mixD": ("bcq4 α/32: ffn_in, Q, K; mul: V, attn_out, ffn_out",
+             {r: _BCQ4G32 for r in ("ffn_in", "query", "key")}),
+    "mixE": ("bcq4 α/32: ffn_in, Q, K, V; mul: attn_out, ffn_out",
+             {r: _BCQ4G32 for r in ("ffn_in", "query", "key", "value")}),
 }
 
 
@@ -82,7 +88,7 @@ def encoding_for_config(config):
     if lin.mode == "shift":
         return Encoding("shift", lin.shift_levels)
     if lin.mode == "bcq":
-        return Encoding("bcq", lin.bcq_bits)
+        return Encoding("bcq", lin.bcq_bits, group=lin.bcq_group)
     return Encoding("mul", lin.weight_bits)
 
 

@@ -38,12 +38,14 @@ Keys of the JSON file:
     masked by its own maps at that sparsity, an oracle that separates what the sparsity costs
     from what fixing the mask costs). ``cosine_attention[sparsity]``: the device
     arithmetic (int8 Q/K/V per head, bit-exact golden model of the coordinator under the mask)
-    against dense float attention, per layer, mean and min.
+    against dense float attention, per layer, mean and min; ``same_mask_*`` against float
+    attention under the same mask (the arithmetic's own error).
 ``rtl_check``
     A smaller job (N = 64, d = 16, 2 heads, MiniLM-shaped 90 % masks) run in the Amaranth
     simulator: bit-exact against the golden model, cycles against the model.
 ``resources``
     Out-of-context Yosys + nextpnr on ECP5-85F (ULX3S-85F) of the unit as benchmarked
+    (``--reuse-resources OLD.json`` copies them from an earlier report of the same parameters)
     (N = 128, d = 32, 12 heads, W_d + W_s lanes): utilization and fmax. The iCEBreaker
     (iCE40UP5K, 30 EBR of 4 kbit) cannot hold the per-lane state banks at this size
     (``ice40_fits`` explains).
@@ -64,8 +66,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
 
-from amaformer.gen.attention import (cosine, softmax_reference, softmax_scales,  # noqa: E402
-                                     softmax_schedule)
+from amaformer.gen.attention import (SoftmaxFormat, cosine,  # noqa: E402
+                                     softmax_reference, softmax_scales, softmax_schedule)
 from amaformer.gen.masks import (calibration_masks, density, enforce_required,  # noqa: E402
                                  mass_before, mass_cut_mask, minilm_attention_maps, save_masks,
                                  synthetic_mask)
@@ -155,9 +157,10 @@ def accuracy(model, held, keep):
 
 
 def attention_cosines(held, keep, unit_fmt, lanes):
-    """Device arithmetic under the mask vs dense float attention, per layer (first held-out
-    window)."""
-    out = []
+    """Device arithmetic under the mask (bit-exact golden model) vs dense float attention, per
+    layer (first held-out window); ``same_mask_*``: vs float attention under the same mask (the
+    arithmetic's own error)."""
+    out, same = [], []
     win = held[0]
     for li, (qf, kf, vf) in enumerate(win["layers"]):
         qs, ks, vs = [], [], []
@@ -172,7 +175,9 @@ def attention_cosines(held, keep, unit_fmt, lanes):
                                 [p for p, _ in prm], plans, unit_fmt)
         yf = torch.stack([y[hh].double() * prm[hh][1] for hh in range(len(prm))])
         out.append(cosine(yf, softmax_reference(qf, kf, vf)))
-    return {"mean": sum(out) / len(out), "min": min(out)}
+        same.append(cosine(yf, softmax_reference(qf, kf, vf, keep[li])))
+    return {"mean": sum(out) / len(out), "min": min(out),
+            "same_mask_mean": sum(same) / len(same), "same_mask_min": min(same)}
 
 
 def rtl_check(maps):
@@ -229,12 +234,17 @@ def picture(keep, plan, path, title):
     plt.close(fig)
 
 
+def resource_params(lanes):
+    """The benchmarked unit's parameters (:class:`SparseDenseEngine`)."""
+    wd, ws = lanes
+    return dict(dense_lanes=wd, sparse_lanes=ws, max_dim=D, max_tokens=N, max_heads=HEADS,
+                dense_depth=4096, sparse_depth=4096, act_depth=1 << 18, out_depth=1 << 17,
+                qkv_buffers=BUFFERS)
+
+
 def synth_resources(lanes, workroot):
     from bench_attention import synth
-    wd, ws = lanes
-    params = dict(dense_lanes=wd, sparse_lanes=ws, max_dim=D, max_tokens=N, max_heads=HEADS,
-                  dense_depth=4096, sparse_depth=4096, act_depth=1 << 18, out_depth=1 << 17,
-                  qkv_buffers=BUFFERS)
+    params = resource_params(lanes)
     out = {}
     print("[bench] synthesis ecp5_85f ...", flush=True)
     try:
@@ -252,6 +262,9 @@ def main(argv=None):
     ap.add_argument("--png", help="picture path (default: next to the JSON)")
     ap.add_argument("--lanes", type=int, default=4, help="total lanes of both designs")
     ap.add_argument("--no-synth", action="store_true", help="skip Yosys/nextpnr")
+    ap.add_argument("--reuse-resources", metavar="OLD.json",
+                    help="take `resources` from an earlier report of the same unit parameters "
+                         "instead of synthesizing again (half an hour on a busy machine)")
     ap.add_argument("--quick", action="store_true", help="fewer layers, no RTL check")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)        # small tensors: a second thread only adds contention
@@ -322,7 +335,7 @@ def main(argv=None):
 
     print("[bench] accuracy ...", flush=True)
     model = load_model()
-    unit_fmt = SparseDenseEngine(max_tokens=N, max_dim=D).fmt
+    unit_fmt = SoftmaxFormat()                  # SparseDenseConfig's defaults
     for sp in SPARSITIES:
         s = str(int(sp * 100))
         emb, tok = accuracy(model, held, minilm[sp])
@@ -349,12 +362,15 @@ def main(argv=None):
         print("[bench] RTL check ...", flush=True)
         report["rtl_check"] = rtl_check(cal)
         print(f"[bench] {report['rtl_check']}", flush=True)
-    if not args.no_synth:
+    old = json.loads(Path(args.reuse_resources).read_text()) if args.reuse_resources else {}
+    if old.get("resources", {}).get("ecp5_85f", {}).get("params") == resource_params((wd, ws)):
+        report["resources"] = dict(old["resources"], reused_from=args.reuse_resources)
+    elif not args.no_synth:
         with tempfile.TemporaryDirectory() as tmp:
             report["resources"] = synth_resources((wd, ws), Path(tmp))
         report["resources"]["ice40_fits"] = (
             "no: each lane keeps 2·N·d weighted sums of "
-            f"{SparseDenseEngine(max_tokens=N, max_dim=D).acc_bits} bits "
+            f"{SoftmaxFormat().acc_bits(N)} bits "
             "(245 kbit per lane at N = 128, d = 32) against 120 kbit of EBR on the iCE40UP5K")
     report["seconds"] = round(time.monotonic() - t_start, 1)
     out_json.write_text(json.dumps(report, indent=1))

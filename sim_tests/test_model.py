@@ -1,6 +1,7 @@
 """Plain pytest for amaformer.gen.model (loader, graph capture, device-exact evaluation) and the
 per-row requantization golden model (amaformer.gen.requant_row)."""
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -11,6 +12,7 @@ from hypothesis import strategies as st
 
 from amaformer.gen.model import (CALIBRATION_COUNT, UnsupportedModuleError, capture, load_minilm,
                                  load_sentences, sentence_embedding)
+from amaformer.gen.program import DEFAULT_NUMERICS
 from amaformer.gen.model.exact import (Encoding, Numerics, calibrate, compile_model, evaluate,
                                        float_forward, reference)
 from amaformer.gen.numerics import REQUANT_MULT_BITS, requantize
@@ -18,7 +20,10 @@ from amaformer.gen.requant_row import (pack_row_factor, row_acc_bits, row_factor
                                        row_requantize, unpack_row_factor)
 
 #: The numerics the study picks for MiniLM (scripts/study_numerics.py, option g1).
-CHOSEN = Numerics(act_scale="row", row_bits=1, smooth=0.5, out_headroom=1.5)
+#: The compiler's scheme (gen.program.DEFAULT_NUMERICS) with the default unit's max_k.
+CHOSEN = dataclasses.replace(DEFAULT_NUMERICS, k_chunk=512)
+#: The per-row-factor scheme (d2 + SmoothQuant), whose golden (gen.requant_row) stays tested.
+ROW = Numerics(act_scale="row", row_bits=1, smooth=0.5, out_headroom=1.5)
 
 
 # --- a tiny random BERT, built in-process ------------------------------------------------------
@@ -140,7 +145,7 @@ def test_float_forward_is_the_model(tiny):
 def test_exact_tiny_high_cosine(tiny, numerics):
     graph, cal, ids = tiny
     res = evaluate(cal, ids, numerics)
-    assert res.cosine_min > 0.99, res.to_dict()
+    assert res.cosine_min >= 0.995, res.to_dict()
     assert len(res.layer_cosines) == 2 and min(res.layer_cosines) > 0.99
     assert res.mult_free_fraction == 0
 
@@ -158,19 +163,22 @@ def test_exact_tiny_encodings(tiny):
 def test_exact_tiny_drops_when_broken(tiny):
     """A wrong requantization multiplier or attention scale must show in the cosine."""
     graph, cal, ids = tiny
-    good = evaluate(cal, ids, CHOSEN).cosine_min
-    for breakage in ("mult", "attention", "row"):
-        cm = compile_model(cal, CHOSEN)
-        ly = graph.layers[0]
-        if breakage == "mult":
-            cm.ops[ly.ffn_out.name].mult[::2] //= 2
-        elif breakage == "attention":
-            sm, ss, om, os_ = cm.attention[0]
-            cm.attention[0] = (sm, ss, om * 2, os_)     # output scale off by 2
-        else:
-            cm.ops[ly.ffn_in.name].in_scale *= 1.5       # the unit the host assumes is wrong
-        res = evaluate(cal, ids, CHOSEN, compiled=cm)
-        assert res.cosine_min < good - 0.005, (breakage, good, res.cosine_min)
+    for num, scale_break in ((ROW, "row"), (CHOSEN, "token")):
+        good = evaluate(cal, ids, num).cosine_min
+        for breakage in ("mult", "attention", scale_break):
+            cm = compile_model(cal, num)
+            ly = graph.layers[0]
+            if breakage == "mult":
+                cm.ops[ly.ffn_out.name].mult[::2] //= 2
+            elif breakage == "attention":
+                sm, ss, om, os_ = cm.attention[0]
+                cm.attention[0] = (sm, ss, om * 2, os_)     # output scale off by 2
+            elif breakage == "row":
+                cm.ops[ly.ffn_in.name].in_scale *= 1.5       # the unit the host assumes is wrong
+            else:
+                cm.ops[ly.ffn_in.name].out_scale[::2] *= 1.5  # host rescales rows wrongly
+            res = evaluate(cal, ids, num, compiled=cm)
+            assert res.cosine_min < good - 0.005, (breakage, good, res.cosine_min)
 
 
 def _op_bound_check(ql, x, slack=1.0):
@@ -201,7 +209,7 @@ def _op_bound_check(ql, x, slack=1.0):
 
 def test_exact_op_against_float_bound(tiny):
     graph, cal, ids = tiny
-    cm = compile_model(cal, CHOSEN)
+    cm = compile_model(cal, ROW)
     ly = graph.layers[1]
     x = cal.inputs[ly.ffn_out.name]
     ql = cm.ops[ly.ffn_out.name]
@@ -219,8 +227,11 @@ def test_exact_op_against_float_bound(tiny):
 
 
 def test_numerics_validation():
-    with pytest.raises(ValueError, match=r"^act_scale must be 'tensor' or 'row', not 'token'$"):
-        Numerics(act_scale="token")
+    with pytest.raises(ValueError, match=r"^act_scale must be 'tensor', 'row' or 'token', not "
+                                         r"'tok'$"):
+        Numerics(act_scale="tok")
+    with pytest.raises(ValueError, match=r"^k_chunk must be None or a positive integer, not 0$"):
+        Numerics(act_scale="token", k_chunk=0)
     with pytest.raises(ValueError, match=r"^out_bits must be 8, 16 or 32, not 12$"):
         Numerics(out_bits=12)
     with pytest.raises(ValueError, match=r"^bits must be an integer in \[1, 4\] for bcq, not 5$"):
@@ -231,13 +242,14 @@ def test_numerics_validation():
 
 @pytest.mark.slow
 def test_exact_minilm_chosen():
-    """all-MiniLM-L6-v2, 6 held-out sentences, the chosen numerics (int8 weights)."""
+    """all-MiniLM-L6-v2, 6 held-out sentences, the compiler's numerics (int8 weights): the
+    issue's target, 0.995, on the device-exact path."""
     lm = load_minilm()
     graph = capture(lm.model)
     calib, held = load_sentences()
     cal = calibrate(graph, [lm.ids(s) for s in calib])
     res = evaluate(cal, [lm.ids(s) for s in held[:6]], CHOSEN)
-    assert res.cosine_min > 0.99, res.to_dict()
+    assert res.cosine_min >= 0.995, res.to_dict()
 
 
 # --- per-row requantization golden --------------------------------------------------------------

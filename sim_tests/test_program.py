@@ -127,3 +127,23 @@ def test_cli_refuses_a_configuration_without_attention(tmp_path, capsys):
                    "mode = \"softmax\"); the program needs one")
     assert main(["run", "hello"]) == 2
     assert "sentences are taken with --model only" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@needs_verilator
+def test_minilm_whole_model_on_device():
+    """all-MiniLM-L6-v2, all six layers, one real sentence on the simulated device of the
+    whole-model configuration: bit-exact with the golden path, cosine ≥ 0.995 against float."""
+    from amaformer.gen.model.minilm import load_minilm, load_sentences
+    from amaformer.gen.model_run import minilm_config
+    lm = load_minilm()
+    calib, held = load_sentences()
+    cfg = minilm_config()
+    program = compile_program(lm.model, cfg, [lm.ids(s) for s in calib])
+    dev = Device(sim_transport(cfg, "verilator"), timeout=20, retries=0, expect=cfg)
+    ids = [lm.ids("The printer on the third floor is jammed again.")]
+    res = run_program(program, dev, ids)
+    hidden, _, _ = exact_forward(program.compiled, ids)
+    assert torch.equal(res.hidden[0], hidden[0])
+    ref = reference(program.graph, ids[0])[0]
+    assert torch.nn.functional.cosine_similarity(res.embeddings[0], ref, dim=0) >= 0.995
