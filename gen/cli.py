@@ -275,11 +275,14 @@ def cmd_boards(args):
                 "RUN descriptor size, its write spaces and what it computes. With --config, "
                 "the units that configuration enables, in IDENT order.")
 def cmd_units(args):
+    from rich.console import Console
+    from rich.table import Table
     from ..hdl import registry
-    print(f"{'kind':<10} {'code':>4} {'descriptor':>10}  {'spaces':<16} description")
+    table = Table("kind", "code", "descriptor", "spaces", "description", box=None)
     for k in registry.kinds():
-        print(f"{k.name:<10} {k.code:>4} {registry.descriptor_bytes(k.descriptor):>8} B  "
-              f"{', '.join(k.spaces):<16} {k.doc}")
+        table.add_row(k.name, str(k.code), f"{registry.descriptor_bytes(k.descriptor)} B",
+                      ", ".join(k.spaces), k.doc)
+    Console().print(table)
     if args.config:
         config = load_config(args.config)
         index = 0

@@ -32,6 +32,16 @@ def _check_choice(where, value, allowed):
         raise ConfigError(f"{where} must be one of {', '.join(map(repr, allowed))}, not {value!r}")
 
 
+def _check_softmax_format(section, c):
+    """The online-softmax number format fields a softmax kernel's section shares."""
+    _check_int(f"{section}.exp_frac_bits", c.exp_frac_bits, 1, 10)
+    _check_int(f"{section}.p_bits", c.p_bits, 4, 16)
+    _check_int(f"{section}.recip_table_bits", c.recip_table_bits, 2, 10)
+    _check_int(f"{section}.recip_bits", c.recip_bits, 8, 24)
+    _check_int(f"{section}.recip_mant_bits", c.recip_mant_bits, c.recip_table_bits + 2, 24)
+    _check_int(f"{section}.guard_bits", c.guard_bits, 0, c.recip_bits - 1)
+
+
 @dataclass(frozen=True)
 class LinearConfig:
     """Parameters of one linear engine (``Y = X·W + b``, requantized to int8).
@@ -245,13 +255,7 @@ class AttentionConfig:
         _check_int("attention.head_dim", self.head_dim, 1, 256)
         _check_int("attention.max_tokens", self.max_tokens, 1, 1 << 16)
         _check_int("attention.lanes", self.lanes, 1, 64)
-        _check_int("attention.exp_frac_bits", self.exp_frac_bits, 1, 10)
-        _check_int("attention.p_bits", self.p_bits, 4, 16)
-        _check_int("attention.recip_table_bits", self.recip_table_bits, 2, 10)
-        _check_int("attention.recip_bits", self.recip_bits, 8, 24)
-        _check_int("attention.recip_mant_bits", self.recip_mant_bits,
-                   self.recip_table_bits + 2, 24)
-        _check_int("attention.guard_bits", self.guard_bits, 0, self.recip_bits - 1)
+        _check_softmax_format("attention", self)
         _check_int("attention.conv_taps", self.conv_taps, 0, 64)
         _check_choice("attention.lut_macs", self.lut_macs, LUT_MACS)
         if self.lut_macs == "scale" and self.mode != "softmax":
@@ -342,13 +346,7 @@ class SparseDenseConfig:
             raise ConfigError(f"sparse_dense.sparse_depth must be a power of two, "
                               f"not {self.sparse_depth!r}")
         _check_int("sparse_dense.qkv_buffers", self.qkv_buffers, 2, 8)
-        _check_int("sparse_dense.exp_frac_bits", self.exp_frac_bits, 1, 10)
-        _check_int("sparse_dense.p_bits", self.p_bits, 4, 16)
-        _check_int("sparse_dense.recip_table_bits", self.recip_table_bits, 2, 10)
-        _check_int("sparse_dense.recip_bits", self.recip_bits, 8, 24)
-        _check_int("sparse_dense.recip_mant_bits", self.recip_mant_bits,
-                   self.recip_table_bits + 2, 24)
-        _check_int("sparse_dense.guard_bits", self.guard_bits, 0, self.recip_bits - 1)
+        _check_softmax_format("sparse_dense", self)
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"sparse_dense.enabled must be true or false, not {self.enabled!r}")
 

@@ -5,7 +5,7 @@ import numpy as np
 
 from ..hdl import attention_spec as S
 from ..hdl import protocol as P
-from .device import as_int_array
+from .device import as_int_array, qkv_arrays
 from .units import UnitDriver
 
 __all__ = ["AttentionDriver"]
@@ -125,13 +125,7 @@ class AttentionDriver(UnitDriver):
         info, dev = self.info, self.device
         if as_tensor is None:
             as_tensor = type(q).__module__.startswith("torch")
-        q0 = as_int_array(q, "q", None)
-        squeeze = q0.ndim == 2
-        q, k, v = (as_int_array(t, name, None) for t, name in ((q, "q"), (k, "k"), (v, "v")))
-        q, k, v = (t[None] if t.ndim == 2 else t for t in (q, k, v))
-        if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape:
-            raise ValueError(f"q, k, v must have the same shape H×N×d (or N×d), not "
-                             f"{q0.shape}, {k.shape}, {v.shape}")
+        q, k, v, squeeze = qkv_arrays(q, k, v)
         h, n, d = q.shape
         for what, value, hi in (("heads", h, info.heads), ("tokens", n, info.max_tokens),
                                 ("head dimension", d, info.head_dim)):

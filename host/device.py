@@ -26,7 +26,7 @@ from ..hdl import protocol as P
 from ..hdl import registry
 
 __all__ = ["Device", "DeviceError", "DeviceTimeout", "DeviceInfo", "UnitInfo", "DeviceStatus",
-           "as_int_array"]
+           "as_int_array", "qkv_arrays"]
 
 
 class DeviceError(Exception):
@@ -378,3 +378,17 @@ def as_int_array(v, name, ndim):
         if not np.all(np.equal(np.mod(a, 1), 0)):
             raise ValueError(f"{name} must hold integers")
     return a.astype(np.int64)
+
+
+def qkv_arrays(q, k, v):
+    """Q, K, V of an attention job as ``H×N×d`` integer arrays (an ``N×d`` one is one head),
+    and whether the caller gave ``N×d`` (to squeeze the output back). Raises ``ValueError``
+    naming the shapes when they differ."""
+    q0 = as_int_array(q, "q", None)
+    squeeze = q0.ndim == 2
+    q, k, v = (as_int_array(t, name, None) for t, name in ((q, "q"), (k, "k"), (v, "v")))
+    q, k, v = (t[None] if t.ndim == 2 else t for t in (q, k, v))
+    if q.ndim != 3 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"q, k, v must have the same shape H×N×d (or N×d), not "
+                         f"{q0.shape}, {k.shape}, {v.shape}")
+    return q, k, v, squeeze

@@ -236,3 +236,12 @@ def test_two_units_with_attention(copy_kind):
     assert dev.unit("copy").space("scale") == P.unit_space(2, 0)
     x = np.arange(-20, 20)
     assert np.array_equal(dev.unit("copy").copy(x, 128), copy_golden(x, 128).numpy())
+
+
+def test_cli_units_lists_every_registered_kind(capsys):
+    from amaformer.gen.cli import main
+    assert main(["units"]) == 0
+    out = capsys.readouterr().out
+    for k in registry.kinds():
+        assert k.name in out
+        assert f"{registry.descriptor_bytes(k.descriptor)} B" in out
