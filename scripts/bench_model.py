@@ -36,14 +36,14 @@ from amaformer.gen.program import (DEFAULT_NUMERICS, ENCODING_SETS, compile_prog
 from amaformer.hdl.top import DEFAULT_ACT_DEPTH, DEFAULT_OUT_DEPTH
 
 
-def _speed(lm, cfg, calib_ids, tokens, act_depth):
-    program = compile_program(lm.model, cfg, calib_ids)
+def _speed(program, tokens, act_depth):
+    cfg = program.config
     layers = program_cycles(program, [tokens], act_depth=act_depth, out_depth=DEFAULT_OUT_DEPTH)
     lin = sum(c["linear"] for c in layers)
     att = sum(c["attention"] for c in layers)
     macs = sum(c["macs"] for c in layers)
     clk = 25e6
-    return program, {"tokens": tokens, "act_depth": act_depth,
+    return {"tokens": tokens, "act_depth": act_depth,
                      "cycles": lin + att, "linear_cycles": lin, "attention_cycles": att,
                      "cycles_per_layer": [c["linear"] + c["attention"] for c in layers],
                      "linear_macs": macs,
@@ -75,10 +75,11 @@ def main(argv=None):
            "sentences": args.sentences, "cosine_min": {}, "cosine_mean": {}, "mult_free": {},
            "layer_cosines": {}}
     # --- speed ------------------------------------------------------------------------------
-    _, s16 = _speed(lm, cfg, calib_ids, 16, DEFAULT_ACT_DEPTH)
+    program = compile_program(lm.model, cfg, calib_ids)          # once, for both lengths
+    s16 = _speed(program, 16, DEFAULT_ACT_DEPTH)
     # 128 tokens: Q, K, V of one attention job take 3·12·128·32 = 147,456 bytes, so the
     # activation memory must grow to 256 KB (64 of the ULX3S-85F's 208 block RAMs)
-    _, s128 = _speed(lm, cfg, calib_ids, 128, 256 * 1024)
+    s128 = _speed(program, 128, 256 * 1024)
     out["speed"] = {"16": s16, "128": s128}
     if args.device_run:
         from amaformer.gen.model_run import run_minilm
