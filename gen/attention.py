@@ -37,11 +37,10 @@ All integers are int64 torch tensors; every function is deterministic.
 """
 
 import math
-from dataclasses import dataclass, fields
 
 import torch
 
-from .config import AttentionConfig
+from ..hdl.attention_spec import SoftmaxFormat
 from .numerics import requant_params
 
 __all__ = [
@@ -56,49 +55,6 @@ __all__ = [
 ]
 
 LOG2E = 1.0 / math.log(2.0)
-
-
-@dataclass(frozen=True)
-class SoftmaxFormat:
-    """Fixed-point format of the softmax datapath.
-
-    Parameters
-    ----------
-    exp_frac_bits : int
-        ``F``: fractional bits of the log2-domain logit; the exp2 table has ``2^F`` entries.
-    p_bits : int
-        ``PB``: fractional bits of the probabilities ``p`` (``p < 2``, ``PB + 1`` bits).
-    recip_table_bits : int
-        Index bits of the reciprocal seed table (``2^bits`` entries).
-    recip_bits : int
-        ``RB``: fractional bits of the reciprocal ``r`` (``RB + 1`` bits).
-    recip_mant_bits : int
-        Bits of the normalized running sum that enter the reciprocal (truncated).
-    guard_bits : int
-        ``G``: fractional bits of the normalized output before the final requantization.
-
-    The defaults are those of :class:`~amaformer.gen.config.AttentionConfig`, where the fields
-    of the same names are written once.
-    """
-    exp_frac_bits: int = AttentionConfig.exp_frac_bits
-    p_bits: int = AttentionConfig.p_bits
-    recip_table_bits: int = AttentionConfig.recip_table_bits
-    recip_bits: int = AttentionConfig.recip_bits
-    recip_mant_bits: int = AttentionConfig.recip_mant_bits
-    guard_bits: int = AttentionConfig.guard_bits
-
-    @classmethod
-    def from_config(cls, att):
-        """The format fields of an ``AttentionConfig`` (read duck-typed)."""
-        return cls(*(getattr(att, f.name) for f in fields(cls)))
-
-    def sum_bits(self, max_tokens):
-        """Unsigned width of the running sum ``l``: ``PB + 3 + ceil(log2 max_tokens)``."""
-        return self.p_bits + 3 + max(0, math.ceil(math.log2(max_tokens)))
-
-    def acc_bits(self, max_tokens, v_bits=8):
-        """Signed width of the running weighted sum ``a`` (``|a| <= l·2^(v_bits-1)``)."""
-        return self.sum_bits(max_tokens) + v_bits
 
 
 def _i64(t):

@@ -357,6 +357,11 @@ def cmd_flash(args):
              "attention units, ULX3S-85F)"),
     arg("--report", metavar="R.json", default=None,
         help="--model: build report (amaformer build) whose placed fmax the board estimate uses"),
+    arg("--masks", metavar="M.npz", default=None,
+        help="--model: fixed attention masks (amaformer masks): every attention runs on the "
+             "sparse-dense unit under them; without --config, the linear unit plus a "
+             "sparse-dense unit sized from the masks. Masks made for N tokens run a shorter "
+             "sentence under their top-left n×n block; a longer one is refused"),
     arg("--device", "-d", metavar="D", default="sim",
         help="'sim' (default: the configuration's top compiled with Verilator, or in Amaranth's "
              "simulator when Verilator is unavailable; see --backend) or a serial port such as "
@@ -380,7 +385,8 @@ def cmd_flash(args):
                 "does not answer.")
 def cmd_run(args):
     import json
-    from .run import compile_minilm, open_device, random_layer, run_layer
+    from ..host.layer_run import open_device, run_layer
+    from .layers import compile_minilm, random_layer
 
     if args.model:
         return _run_model(args)
@@ -427,11 +433,18 @@ def _run_model(args):
     import json
     from .model import capture
     from .model.minilm import load_minilm, load_sentences
-    from .model_run import minilm_config, run_minilm
+    from ..host.model_run import run_minilm
+    from .minilm_presets import minilm_config
     from .program import ProgramError, check_units
-    from .run import open_device
+    from ..host.layer_run import open_device
 
-    config = _load(args.config) if args.config else minilm_config()
+    if args.masks and not Path(args.masks).is_file():
+        raise CliError(f"--masks {args.masks}: no such file (amaformer masks --out "
+                       f"{args.masks} makes one)")
+    try:
+        config = _load(args.config) if args.config else minilm_config(args.masks)
+    except ValueError as e:             # a mask file that cannot be read
+        raise CliError(f"--masks {args.masks}: {e}") from None
     sentences = args.sentences or load_sentences()[1][:3]
     report = None
     if args.report:
@@ -441,10 +454,11 @@ def _run_model(args):
             raise CliError(f"--report {args.report}: {e}") from None
     with _device_errors(args.device, value_errors=True):
         try:
-            check_units(capture(load_minilm().model), config)   # before a device is opened
+            check_units(capture(load_minilm().model), config,  # before a device is opened
+                        sparse=bool(args.masks))
             dev = open_device(args.device, config, timeout=args.timeout, retries=args.retries,
                               backend=args.backend)
-            out = run_minilm(sentences, config, dev, report=report)
+            out = run_minilm(sentences, config, dev, report=report, masks=args.masks)
         except ProgramError as e:
             raise CliError(f"cannot compile the model for this configuration: {e}") from None
     _print_model_run(out, args.device)
@@ -475,13 +489,66 @@ def _print_model_run(out, device):
               f"{out['est_board_seconds']:.3f} s of compute; the link moves "
               f"{out['bytes_moved']:,} bytes, {out['est_link_seconds']:.1f} s at "
               f"{out['baud']} baud (reported apart)")
-    con.print(f"placement: device linear unit: {', '.join(out['placement']['linear'])}; "
-              f"device attention unit: {', '.join(out['placement']['attention'])}; host: "
-              f"{', '.join(out['placement']['host'])}")
+    con.print("placement: " + "; ".join(
+        f"{'host' if w == 'host' else f'device {w} unit'}: {', '.join(ops)}"
+        for w, ops in out["placement"].items()))
+    if "masks" in out:
+        m = out["masks"]
+        con.print(f"masks: {m['file']} ({m['tokens']} tokens, sparsity {m['sparsity']:.3f}; "
+                  f"{m['sparsity_run']:.3f} over the sentences' crops), sparse-dense unit "
+                  f"W_d = {m['unit']['dense_lanes']}, W_s = {m['unit']['sparse_lanes']}; the "
+                  f"same program with dense attention (golden): cosine min "
+                  f"{min(out['cosine_dense_attention']):.5f}")
     if "sim_seconds" in out:
         extra = (f", {out['sim_cycles']:,} simulated cycles, {out['cycles_per_second']:,} "
                  f"cycles/s" if "sim_cycles" in out else "")
         con.print(f"run took {out['sim_seconds']:.1f} s{extra}")
+
+
+@subcommand(
+    "masks", "make fixed attention masks for a model from calibration attention maps",
+    arg("--model", choices=["minilm"], default="minilm",
+        help="the model (default minilm: all-MiniLM-L6-v2 on windows of the repository's "
+             "paragraphs, gen/model_texts/paragraphs.txt)"),
+    arg("--tokens", type=int, default=32, metavar="N",
+        help="tokens N the masks are made for (default 32): they run sentences of up to N "
+             "tokens, a shorter one under their top-left block"),
+    arg("--sparsity", type=float, default=None, metavar="S",
+        help="fraction of entries dropped per layer, e.g. 0.5 (one mass cut per layer; "
+             "default 0.5 unless --cut)"),
+    arg("--cut", type=float, default=None, metavar="C",
+        help="instead of --sparsity: probability mass each row keeps, in (0, 1]"),
+    arg("--windows", type=int, default=None, help="calibration windows to use (default: all)"),
+    arg("--out", "-o", metavar="M.npz", required=True, help="mask file to write"),
+    description="Average the model's softmax attention maps over calibration windows of N "
+                "tokens, keep per row the largest entries up to a mass cut (always the "
+                "diagonal and the first token's row and column), and save one mask per layer "
+                "and head (gen/masks.py's file format) for `amaformer run --model minilm "
+                "--masks M.npz`.")
+def cmd_masks(args):
+    from .masks import MaskError, density, save_masks
+    from .minilm_presets import minilm_masks
+    from .sparse_dense import config_from_masks
+    if args.sparsity is not None and args.cut is not None:
+        raise CliError("give --sparsity or --cut, not both")
+    if not 2 <= args.tokens <= 512:
+        raise CliError(f"--tokens must be in [2, 512], not {args.tokens}")
+    sparsity = 0.5 if args.sparsity is None and args.cut is None else args.sparsity
+    try:
+        keep, meta = minilm_masks(args.tokens, sparsity=sparsity, cut=args.cut,
+                                  windows=args.windows)
+    except MaskError as e:
+        raise CliError(str(e)) from None
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_masks(path, keep, **meta)
+    sd = config_from_masks(keep, lanes=4, head_dim=32)
+    L, H, N, _ = keep.shape
+    print(f"wrote {path}: {L} layers × {H} heads × {N}×{N} tokens from {meta['windows']} "
+          f"calibration windows, sparsity {1 - density(keep):.3f} (per layer "
+          f"{', '.join(f'{1 - density(keep[i]):.2f}' for i in range(L))}); a 4-lane "
+          f"sparse-dense unit for them: W_d = {sd.dense_lanes}, W_s = {sd.sparse_lanes}")
+    return 0
 
 
 @subcommand(
@@ -533,7 +600,8 @@ def cmd_report(args):
 def cmd_attention(args):
     import dataclasses
     import json
-    from .attention_run import run_attention, run_attention_device
+    from ..host.attention_run import run_attention_device
+    from .attention_run import run_attention
 
     config = _load(args.config)
     att = config.attention
@@ -585,7 +653,7 @@ def make_parser():
 
 from .search_cli import register as _register_search   # noqa: E402  (after subcommand())
 
-_register_search(subcommand, arg)
+_register_search(subcommand, arg, CliError)
 
 
 def main(argv=None):

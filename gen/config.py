@@ -11,6 +11,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+from ..hdl.attention_spec import SoftmaxFormat
+
 __all__ = ["ConfigError", "LinearConfig", "UartConfig", "AttentionConfig", "SparseDenseConfig",
            "AcceleratorConfig",
            "load_config", "save_config", "dump_toml"]
@@ -195,7 +197,7 @@ LUT_MACS = ("none", "scale", "all")
 
 
 @dataclass(frozen=True)
-class AttentionConfig:
+class AttentionConfig(SoftmaxFormat):
     """Parameters of the streaming attention kernel (:mod:`amaformer.hdl.attention`).
 
     Parameters
@@ -237,12 +239,6 @@ class AttentionConfig:
     head_dim: int = 32
     max_tokens: int = 256
     lanes: int = 4
-    exp_frac_bits: int = 6
-    p_bits: int = 12
-    recip_table_bits: int = 6
-    recip_bits: int = 15
-    recip_mant_bits: int = 16
-    guard_bits: int = 8
     causal: bool = False
     sparse: bool = False
     conv_taps: int = 0
@@ -289,7 +285,7 @@ class AttentionConfig:
 
 
 @dataclass(frozen=True)
-class SparseDenseConfig:
+class SparseDenseConfig(SoftmaxFormat):
     """Parameters of the sparse-dense coordinator (ViTCoD, :mod:`amaformer.hdl.sparse_dense`):
     softmax attention under a fixed, polarized mask on a denser and a sparser engine.
 
@@ -326,12 +322,6 @@ class SparseDenseConfig:
     dense_depth: int = 4096
     sparse_depth: int = 4096
     qkv_buffers: int = 3
-    exp_frac_bits: int = 6
-    p_bits: int = 12
-    recip_table_bits: int = 6
-    recip_bits: int = 15
-    recip_mant_bits: int = 16
-    guard_bits: int = 8
     enabled: bool = False
 
     def __post_init__(self):

@@ -51,7 +51,7 @@ def linear_mul(x, w, bias, mult, shift, out_bits=8):
         |s_y·Y[m,n] - (X·W + b)[m,n]| <= s_x·s_w[n]·( ½·Σ_k (|Xq[m,k]| + |Wq[k,n]|)
                                                     + K/4 + ½ + 2^-14·|acc[m,n]| ) + s_y/2
 
-    (``acc = linear_acc(Xq, Wq, bias_q)``). ``sim_tests/test_numerics.py`` checks it
+    (``acc = linear_acc(Xq, Wq, bias_q)``). ``sim_tests/whole_model/test_numerics.py`` checks it
     elementwise; measured errors stay below a quarter of it (output rounding dominates).
     """
     return requantize(linear_acc(x, w, bias), mult, shift, out_bits)

@@ -3,9 +3,24 @@ a :class:`Program` out, which :mod:`amaformer.host.runtime` runs on any ``Device
 
 What runs where
     Every linear layer (Q, K, V, output projection, both MLP layers) runs on the linear unit,
-    every attention on a softmax attention unit. The host does what the device has no unit
-    for: embeddings, LayerNorm, the MLP activation (GELU), residual adds, pooling, and the
-    per-token scaling around each linear job (below). :meth:`Program.placement` lists it.
+    every attention on a softmax attention unit, or, when the program is compiled with fixed
+    masks (``masks=``, one per layer and head), on the sparse-dense unit (below). The host does
+    what the device has no unit for: embeddings, LayerNorm, the MLP activation (GELU), residual
+    adds, pooling, and the per-token scaling around each linear job (below).
+    :meth:`Program.placement` lists it.
+
+Fixed masks (the sparse-dense coordinator, ``[sparse_dense]``)
+    ``compile_program(..., masks=FILE)`` (a :func:`amaformer.gen.masks.save_masks` file, or an
+    ``L×H×N×N`` bool tensor) puts every layer's attention on the ``sparse_dense`` unit under
+    its layer's masks: the runtime drives it through
+    :class:`amaformer.host.sparse_dense.SparseDenseDriver`, the golden path
+    (:meth:`Program.forward`, :meth:`Program.attention_golden`) runs
+    :func:`~amaformer.gen.sparse_dense.sparse_dense_golden` on the same plans, and
+    :func:`program_cycles` uses :func:`~amaformer.gen.sparse_dense.sparse_dense_job_cycles`.
+    Masks are made for ``N`` tokens; a sentence of ``n <= N`` tokens runs under their top-left
+    ``n×n`` block (:meth:`Program.layer_masks`: the first ``n`` rows and key columns; every
+    row must keep a key at or before its own position, as calibration masks do with the
+    diagonal, so no row of any crop is empty), a longer one is refused.
 
 Numerics (:data:`DEFAULT_NUMERICS`, measured in the README's "Whole model" section)
     ``act_scale="token"``: the host quantizes every linear input with an exact float scale per
@@ -24,7 +39,7 @@ Weight tiling
     runtime counts what really crossed the link.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -33,7 +48,7 @@ from .model.graph import EncoderGraph, capture
 
 __all__ = ["DEFAULT_NUMERICS", "ProgramError", "Step", "Program", "compile_program",
            "program_cycles", "ENCODING_SETS", "check_units",
-           "encoding_for_config"]
+           "encoding_for_config", "load_program_masks"]
 
 #: The scheme the compiler uses (README "Whole model": 0.998 minimum cosine with ``mul``).
 DEFAULT_NUMERICS = Numerics(act_scale="token", ctx_token=True, smooth=0.5, out_headroom=1.5)
@@ -71,10 +86,11 @@ class ProgramError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One entry of the schedule: ``where`` is ``"linear"``, ``"attention"`` (device units) or
-    ``"host"``; ``op`` the operation's name (``layer3.ffn_in``, ``layer3.attention``,
-    ``layer3.activation``); ``macs`` per token (attention: for one token of context);
-    ``module`` the linear op's module path (its key in ``Program.compiled.ops``)."""
+    """One entry of the schedule: ``where`` is ``"linear"``, ``"attention"``,
+    ``"sparse_dense"`` (device units) or ``"host"``; ``op`` the operation's name
+    (``layer3.ffn_in``, ``layer3.attention``, ``layer3.activation``); ``macs`` per token
+    (attention: for one token of context); ``module`` the linear op's module path (its key in
+    ``Program.compiled.ops``)."""
     layer: int
     op: str
     where: str
@@ -92,23 +108,71 @@ def encoding_for_config(config):
     return Encoding("mul", lin.weight_bits)
 
 
-def check_units(graph, config, max_tokens=None):
-    """Raise :class:`ProgramError` (one line) unless ``config`` has the units ``graph`` needs."""
+def check_units(graph, config, max_tokens=None, *, sparse=False):
+    """Raise :class:`ProgramError` (one line) unless ``config`` has the units ``graph`` needs;
+    with ``sparse`` (the program runs attention under fixed masks) the attention unit needed is
+    the sparse-dense coordinator instead of the softmax attention unit."""
     lin, att = getattr(config, "linear", None), getattr(config, "attention", None)
+    sd = getattr(config, "sparse_dense", None)
     if lin is None or not lin.enabled:
         raise ProgramError("the configuration has no linear unit ([linear] enabled = false); "
                            "the program needs one")
-    if att is None or not att.enabled or att.mode != "softmax":
-        raise ProgramError("the configuration has no softmax attention unit ([attention] "
-                           "enabled = true, mode = \"softmax\"); the program needs one")
+    if sparse:
+        if sd is None or not sd.enabled:
+            raise ProgramError("masks were given but the configuration has no sparse_dense "
+                               "unit ([sparse_dense] enabled = true); masks run only on it")
+        unit, name = sd, "sparse_dense unit"
+    else:
+        if att is None or not att.enabled or att.mode != "softmax":
+            hint = (" (or give masks to run attention on the sparse_dense unit)"
+                    if sd is not None and sd.enabled else "")
+            raise ProgramError("the configuration has no softmax attention unit ([attention] "
+                               "enabled = true, mode = \"softmax\"); the program needs one"
+                               + hint)
+        unit, name = att, "attention unit"
     for ly in graph.layers:
-        if ly.head_dim != att.head_dim or ly.heads > att.heads:
+        if ly.head_dim != unit.head_dim or ly.heads > unit.heads:
             raise ProgramError(f"layer {ly.index} has {ly.heads} heads of {ly.head_dim}; the "
-                               f"attention unit takes at most {att.heads} heads of "
-                               f"{att.head_dim}")
-    if max_tokens is not None and max_tokens > att.max_tokens:
-        raise ProgramError(f"max_tokens {max_tokens} exceeds the attention unit's "
-                           f"{att.max_tokens}")
+                               f"{name} takes at most {unit.heads} heads of "
+                               f"{unit.head_dim}")
+    if max_tokens is not None and max_tokens > unit.max_tokens:
+        raise ProgramError(f"max_tokens {max_tokens} exceeds the {name}'s "
+                           f"{unit.max_tokens}")
+
+
+def load_program_masks(masks):
+    """``(keep, meta)`` of ``masks``: a mask file (:func:`amaformer.gen.masks.load_masks`) or
+    an ``L×H×N×N`` bool tensor; :class:`ProgramError` (one line) otherwise."""
+    from .masks import MaskError, load_masks
+    if isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__"):
+        try:
+            return load_masks(masks)
+        except MaskError as e:
+            raise ProgramError(str(e)) from None
+    keep = torch.as_tensor(masks)
+    if keep.dtype != torch.bool or keep.dim() != 4:
+        raise ProgramError(f"masks must be a mask file or an L×H×N×N bool tensor, not "
+                           f"{keep.dtype} of shape {tuple(keep.shape)}")
+    return keep, {}
+
+
+def _check_masks(graph, keep, sd):
+    """The masks against the model (layers, heads) and the unit; each row must keep a key at
+    or before its own position, so that no crop to fewer tokens leaves it empty."""
+    layers = graph.layers
+    L, H, N, N2 = keep.shape
+    if N != N2:
+        raise ProgramError(f"masks must be square per head, not {N}×{N2}")
+    if L != len(layers) or any(ly.heads != H for ly in layers):
+        raise ProgramError(f"masks have {L} layers of {H} heads; the model has {len(layers)} "
+                           f"layers of {layers[0].heads} heads")
+    early = torch.cumsum(keep.to(torch.int64), -1).diagonal(dim1=-2, dim2=-1) > 0   # L×H×N
+    bad = (~early).nonzero()
+    if len(bad):
+        li, h, r = bad[0].tolist()
+        raise ProgramError(f"masks' row {r} of head {h} of layer {li} keeps no key at or "
+                           f"before its own position, so a sentence of {r + 1} tokens would "
+                           f"leave it empty (keep the diagonal: gen.masks.enforce_required)")
 
 
 @dataclass
@@ -119,10 +183,80 @@ class Program:
     config: object
     schedule: list
     max_tokens: int
+    masks: object = None            # L×H×N×N bool: attention on the sparse_dense unit
+    mask_meta: dict = None
+    _plans: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def graph(self):
         return self.compiled.graph
+
+    def attention_unit(self, layer):
+        """The device unit that runs ``layer``'s attention: ``"attention"`` (softmax) or
+        ``"sparse_dense"`` (under the program's masks)."""
+        return "attention" if self.masks is None else "sparse_dense"
+
+    @property
+    def mask_tokens(self):
+        """``N``: the token count the masks were made for (``None`` without masks)."""
+        return None if self.masks is None else int(self.masks.shape[-1])
+
+    def check_tokens(self, tokens, sentence=0):
+        """Raise :class:`ProgramError` (one line) if a sentence of ``tokens`` tokens cannot
+        run under the masks (longer than the ``N`` they were made for)."""
+        if self.masks is not None and tokens > self.mask_tokens:
+            raise ProgramError(f"sentence {sentence} has {tokens} tokens; the masks are for "
+                               f"at most {self.mask_tokens} (make masks for longer sentences)")
+
+    def layer_masks(self, layer, tokens):
+        """``H×n×n`` bool: ``layer``'s masks for a sentence of ``n = tokens`` tokens, the
+        top-left ``n×n`` block of the ``N×N`` masks (the first ``n`` query rows and keys)."""
+        self.check_tokens(tokens)
+        return self.masks[layer, :, :tokens, :tokens]
+
+    def head_params(self, layer):
+        """``layer``'s attention parameters as one ``(score_mult, score_shift, out_mult,
+        out_shift)`` tuple per head (the sparse-dense driver's ``params``)."""
+        return [tuple(int(x) for x in p) for p in zip(*self.compiled.attention[layer])]
+
+    def sparse_plans(self, layer, tokens):
+        """``(plans, order)``: the :class:`~amaformer.gen.sparse_dense.HeadPlan` of every head
+        of ``layer`` for ``tokens`` tokens (caller's head order), and the order the driver runs
+        them in (:func:`~amaformer.gen.sparse_dense.head_order`), as the driver computes them
+        for this configuration's unit."""
+        key = (layer, tokens)
+        if key not in self._plans:
+            from .sparse_dense import head_order, plan_job
+            sd = self.config.sparse_dense
+            plans = plan_job(self.layer_masks(layer, tokens), sd.dense_lanes, sd.sparse_lanes)
+            d = self.graph.layers[layer].head_dim
+            order = head_order(plans, tokens, d, sd.dense_lanes, sd.qkv_buffers)
+            self._plans[key] = (plans, order)
+        return self._plans[key]
+
+    def attention_golden(self):
+        """The ``attention`` hook of :func:`~amaformer.gen.model.exact.exact_forward` that the
+        device's units compute bit for bit: ``None`` (the softmax kernel's golden model, the
+        default) without masks, else the sparse-dense golden model under the masks."""
+        if self.masks is None:
+            return None
+        from .attention import SoftmaxFormat
+        from .sparse_dense import sparse_dense_golden
+        fmt = SoftmaxFormat.from_config(self.config.sparse_dense)
+
+        def attention(q, k, v, sm, ss, om, os_, layer):
+            plans, _ = self.sparse_plans(layer, q.shape[-2])
+            params = [tuple(int(x) for x in p) for p in zip(sm, ss, om, os_)]
+            return sparse_dense_golden(q, k, v, params, plans, fmt)
+        return attention
+
+    def forward(self, ids_list):
+        """The golden path: :func:`~amaformer.gen.model.exact.exact_forward` with every unit's
+        bit-exact golden model (the sparse-dense one under the masks, if any)."""
+        from .model.exact import exact_forward
+        for i, ids in enumerate(ids_list):
+            self.check_tokens(len(torch.as_tensor(ids).reshape(-1)), i)
+        return exact_forward(self.compiled, ids_list, attention=self.attention_golden())
 
     def placement(self):
         """``{where: [op kinds]}``: which operations run on which unit, and on the host."""
@@ -154,9 +288,12 @@ def program_cycles(program, lengths, *, act_depth, out_depth):
     on a top with the given memories, from the units' exact cycle models
     (:func:`~amaformer.gen.cost.linear_job_cycles` over the driver's tiles
     (:func:`~amaformer.hdl.linear_spec.job_tiles`), :func:`~amaformer.gen.cost.
-    attention_cycles`). Returns ``[{"linear": c, "attention": c, "macs": n}, ...]``."""
+    attention_cycles`; under masks :func:`~amaformer.gen.sparse_dense.
+    sparse_dense_job_cycles` of the driver's plans in the driver's head order). Returns
+    ``[{"linear": c, "attention": c, "macs": n, "attention_unit": kind}, ...]``."""
     from ..hdl.linear_spec import job_tiles
     from .cost import attention_cycles, linear_job_cycles
+    from .sparse_dense import sparse_dense_job_cycles
     lin, att = program.config.linear, program.config.attention
     m = sum(lengths)
     out = []
@@ -172,15 +309,25 @@ def program_cycles(program, lengths, *, act_depth, out_depth):
                 lin_c += sum(linear_job_cycles(lin, r1 - r0, k, c1 - c0)
                              for r0, r1, c0, c1 in tiles)
             macs += m * op.macs_per_token
-        att_c = sum(attention_cycles("softmax", ly.heads, t, ly.head_dim, att.lanes)
-                    for t in lengths)
+        unit = program.attention_unit(ly.index)
+        if unit == "sparse_dense":
+            sd = program.config.sparse_dense
+            att_c = 0
+            for t in lengths:
+                plans, order = program.sparse_plans(ly.index, t)
+                att_c += sparse_dense_job_cycles([plans[i] for i in order], t, ly.head_dim,
+                                                 sd.dense_lanes, sd.qkv_buffers)
+        else:
+            att_c = sum(attention_cycles("softmax", ly.heads, t, ly.head_dim, att.lanes)
+                        for t in lengths)
         out.append({"linear": lin_c, "attention": att_c, "macs": macs,
-                    "attention_macs": sum(ly.attention_macs(t) for t in lengths)})
+                    "attention_macs": sum(ly.attention_macs(t) for t in lengths),
+                    "attention_unit": unit})
     return out
 
 
 def compile_program(model, config, calibration_ids, *, numerics=None, encoding=None,
-                    max_tokens=None):
+                    max_tokens=None, masks=None):
     """Compile ``model`` for ``config``.
 
     Parameters
@@ -197,18 +344,42 @@ def compile_program(model, config, calibration_ids, *, numerics=None, encoding=N
     encoding : Encoding or None
         Weight encoding; default: the configuration's (:func:`encoding_for_config`).
     max_tokens : int or None
-        Longest sentence the program will run (checked against the attention unit).
+        Longest sentence the program will run (checked against the attention unit, and the
+        masks' ``N``).
+    masks : path, torch.Tensor or None
+        Fixed attention masks, one per layer and head (a :func:`amaformer.gen.masks.save_masks`
+        file or an ``L×H×N×N`` bool tensor): every attention runs on the configuration's
+        ``sparse_dense`` unit under its layer's masks (see the module docstring for sentences
+        shorter than ``N``). ``None``: on the softmax attention unit.
 
     Raises
     ------
     ProgramError
-        One line: a module the compiler cannot map, a missing unit, a shape that does not fit.
+        One line: a module the compiler cannot map, a missing unit, a shape that does not fit,
+        masks that do not match the model or the unit.
     """
     try:
         graph = model if isinstance(model, EncoderGraph) else capture(model)
     except ValueError as e:
         raise ProgramError(str(e)) from None
-    check_units(graph, config, max_tokens)
+    keep = meta = None
+    if masks is not None:
+        keep, meta = load_program_masks(masks)
+    check_units(graph, config, max_tokens, sparse=keep is not None)
+    if keep is not None:
+        sd = config.sparse_dense
+        _check_masks(graph, keep, sd)
+        from .attention import SoftmaxFormat
+        if SoftmaxFormat.from_config(sd) != SoftmaxFormat():
+            raise ProgramError(f"the sparse_dense unit's softmax format must be the "
+                               f"compiler's {SoftmaxFormat()}, not "
+                               f"{SoftmaxFormat.from_config(sd)}")
+        n_mask = int(keep.shape[-1])
+        if max_tokens is not None and max_tokens > n_mask:
+            raise ProgramError(f"max_tokens {max_tokens} exceeds the masks' {n_mask} tokens "
+                               f"(masks are made for N tokens and cropped for shorter "
+                               f"sentences)")
+        max_tokens = min(max_tokens or sd.max_tokens, sd.max_tokens, n_mask)
     if numerics is None:
         from dataclasses import replace
         numerics = replace(DEFAULT_NUMERICS, k_chunk=config.linear.max_k)
@@ -228,11 +399,26 @@ def compile_program(model, config, calibration_ids, *, numerics=None, encoding=N
         for op in (ly.query, ly.key, ly.value):
             lin(op)
         schedule.append(Step(i, f"layer{i}.scale_bias_requant_qkv", "host"))
-        schedule.append(Step(i, f"layer{i}.attention", "attention", ly.attention_macs(1)))
+        schedule.append(Step(i, f"layer{i}.attention",
+                             "attention" if keep is None else "sparse_dense",
+                             ly.attention_macs(1)))
         lin(ly.attn_out)
         schedule.append(Step(i, f"layer{i}.residual_layernorm", "host"))
         lin(ly.ffn_in)
         schedule.append(Step(i, f"layer{i}.activation", "host"))
         lin(ly.ffn_out)
         schedule.append(Step(i, f"layer{i}.residual_layernorm_2", "host"))
-    return Program(cm, config, schedule, max_tokens or config.attention.max_tokens)
+    program = Program(cm, config, schedule, max_tokens or config.attention.max_tokens,
+                      keep, meta)
+    if keep is not None:
+        from .masks import MaskError
+        from .sparse_dense import pack_job
+        for ly in graph.layers:          # the longest sentence's lists fit the unit's memories
+            plans, order = program.sparse_plans(ly.index, max_tokens)
+            try:
+                pack_job([plans[o] for o in order], [(0, 0, 0, 0)] * len(plans),
+                         unit=config.sparse_dense, tokens=max_tokens, dim=ly.head_dim)
+            except MaskError as e:
+                raise ProgramError(f"layer {ly.index}'s masks at {max_tokens} tokens do not "
+                                   f"fit the sparse_dense unit: {e}") from None
+    return program

@@ -362,10 +362,10 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
 
 def default_config(board):
     """The configuration a board gets without search: the whole-model default
-    (``gen.model_run.minilm_config``) on its board (ULX3S-85F), else the default linear unit
+    (``gen.minilm_presets.minilm_config``) on its board (ULX3S-85F), else the default linear unit
     on the board (no attention unit)."""
     from .config import AcceleratorConfig
-    from .model_run import MINILM_PRESET, minilm_config
+    from .minilm_presets import MINILM_PRESET, minilm_config
     if board == MINILM_PRESET:
         return minilm_config()
     return AcceleratorConfig(board=board)

@@ -109,8 +109,9 @@ def run_search(args, log=print):
     return 0
 
 
-def register(subcommand, arg):
-    """Register ``amaformer search`` with the CLI's ``subcommand`` decorator and ``arg``."""
+def register(subcommand, arg, usage_error):
+    """Register ``amaformer search`` with the CLI's ``subcommand`` decorator and ``arg``;
+    ``usage_error`` is the CLI's exception for bad input (one line, exit status 2)."""
     from ..boards import board_names
 
     @subcommand(
@@ -154,13 +155,12 @@ def register(subcommand, arg):
                     "Pareto front (pareto.csv, pareto.png) and search.json. An infeasible "
                     "request prints which constraint fails and by how much, exit status 1.")
     def cmd_search(args):
-        from .cli import CliError
         if not 0 < args.lut_margin <= 1:
-            raise CliError(f"--lut-margin must be in (0, 1], not {args.lut_margin}")
+            raise usage_error(f"--lut-margin must be in (0, 1], not {args.lut_margin}")
         if args.trials < 1:
-            raise CliError(f"--trials must be at least 1, not {args.trials}")
+            raise usage_error(f"--trials must be at least 1, not {args.trials}")
         if not 0 < args.min_cosine <= 1:
-            raise CliError(f"--min-cosine must be in (0, 1], not {args.min_cosine}")
+            raise usage_error(f"--min-cosine must be in (0, 1], not {args.min_cosine}")
         return run_search(args)
 
     return cmd_search

@@ -2,19 +2,19 @@
 
 :func:`verify` writes the Verilog of the configuration's linear engine, builds it with
 ``cocotb_tools.runner`` (Icarus Verilog by default, Verilator optionally) and runs the cocotb
-bench ``sim_tests/cocotb_linear.py`` over a set of job shapes and stream conditions, comparing
-every output with :func:`amaformer.gen.golden.linear_mul` and the cycle count of every unstalled
-job with :func:`amaformer.gen.cost.linear_cycles`.
+bench :mod:`amaformer.gen.benches.linear` (``shiftadd`` for the multiplication-free engines)
+over a set of job shapes and stream conditions, comparing every output with the bit-exact golden
+model and the cycle count of every unstalled job with :mod:`amaformer.gen.cost`.
 
-The bench lives in the source tree's ``sim_tests/`` (next to this package's ``gen/`` folder), so
-verification needs a source checkout (an editable install, as ``scripts/setup.sh`` makes).
+The benches ship in the package (:mod:`amaformer.gen.benches`), so ``amaformer sim`` works from
+an installed package; :func:`run_bench` launches any of them on a given design (the attention
+benches' pytest launchers use it).
 """
 
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass, field
@@ -24,11 +24,13 @@ from .config import AcceleratorConfig, LinearConfig
 from .rtl import linear_engine_from_config, write_verilog
 
 __all__ = ["SIMULATORS", "VerifyResult", "verify", "build_linear", "run_linear_bench",
-           "parse_results", "bench_dir", "verilator_env"]
+           "run_bench", "parse_results", "verilator_env"]
 
 SIMULATORS = ("icarus", "verilator")
 TOPLEVEL = "linear_engine"
-BENCH_MODULE = "cocotb_linear"
+#: cocotb bench modules (package :mod:`amaformer.gen.benches`), per linear mode.
+BENCH_MODULES = {"mul": "amaformer.gen.benches.linear",
+                 "shift": "amaformer.gen.benches.shiftadd", "bcq": "amaformer.gen.benches.shiftadd"}
 #: Icarus needs a timescale for cocotb's clock; the bench's clock period is 10 ns.
 TIMESCALE = ("1ns", "1ps")
 
@@ -72,15 +74,6 @@ class VerifyResult:
         lines += [f"  failed {name}: {msg}" for name, msg in self.failures]
         lines.append(f"  logs: {self.build_dir / 'sim.log'}")
         return "\n".join(lines)
-
-
-def bench_dir():
-    """Folder holding the cocotb bench (the source tree's ``sim_tests``)."""
-    path = Path(__file__).resolve().parent.parent / "sim_tests"
-    if not (path / f"{BENCH_MODULE}.py").is_file():
-        raise FileNotFoundError(f"cocotb bench {BENCH_MODULE}.py not found in {path}; "
-                                f"simulation needs a source checkout of amaformer")
-    return path
 
 
 def verilator_env():
@@ -152,21 +145,42 @@ def run_linear_bench(runner, linear_cfg, build_dir, *, seed=0, quick=False, test
         "AMAFORMER_SEED": str(int(seed)),
         "AMAFORMER_QUICK": "1" if quick else "0",
     }
-    bench = str(bench_dir())
-    added = bench not in sys.path
-    if added:
-        sys.path.insert(0, bench)   # the runner passes sys.path to the simulator's Python
+    # the shift and bcq engines have their own bench (same environment interface)
+    runner.test(test_module=BENCH_MODULES[linear_cfg.mode], hdl_toplevel=TOPLEVEL,
+                testcase=testcase, build_dir=build_dir / runner.__class__.__name__.lower(),
+                test_dir=build_dir, extra_env=env, results_xml=str(results),
+                timescale=TIMESCALE, log_file=build_dir / "sim.log")
+    return results
+
+
+def run_bench(module, dut, toplevel, build_dir, env, *, extra_sources=(), defines=None):
+    """Write the Verilog of ``dut`` (an Amaranth elaboratable) as ``toplevel`` into
+    ``build_dir``, build it on Icarus and run every test of the cocotb bench ``module`` (a
+    dotted module name, e.g. ``"amaformer.gen.benches.attention"``) with the environment
+    ``env``; ``extra_sources`` are more Verilog files (cell models), ``defines`` Verilog
+    defines. Returns ``(passed, failures, names)`` as :func:`parse_results`.
+
+    Raises
+    ------
+    RuntimeError
+        The simulation ended without a results file (see ``build_dir/sim.log``).
+    """
+    build_dir = Path(build_dir)
+    src = write_verilog(dut, build_dir / f"{toplevel}.v", toplevel)
+    runner = _runner("icarus")
+    runner.build(sources=[src, *extra_sources], hdl_toplevel=toplevel,
+                 build_dir=build_dir / "icarus", timescale=TIMESCALE, always=True,
+                 defines=defines or {}, log_file=build_dir / "build.log")
+    results = build_dir / "results.xml"
     try:
-        # the shift and bcq engines have their own bench (same environment interface)
-        module = BENCH_MODULE if linear_cfg.mode == "mul" else "cocotb_shiftadd"
-        runner.test(test_module=module, hdl_toplevel=TOPLEVEL, testcase=testcase,
-                    build_dir=build_dir / runner.__class__.__name__.lower(),
+        runner.test(test_module=module, hdl_toplevel=toplevel, build_dir=build_dir / "icarus",
                     test_dir=build_dir, extra_env=env, results_xml=str(results),
                     timescale=TIMESCALE, log_file=build_dir / "sim.log")
-    finally:
-        if added:
-            sys.path.remove(bench)
-    return results
+    except SystemExit:
+        pass                            # failed tests; the results file says which
+    if not results.is_file():
+        raise RuntimeError(f"simulation crashed, see {build_dir / 'sim.log'}")
+    return parse_results(results)
 
 
 def parse_results(path):

@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_units import Exp2Unit, ReciprocalUnit, rshift_round
-from .common import MemWriteSignature, check_int, drive_write_port
+from .common import MemWriteSignature, check_int, drive_write_port, lane_memories
 from .linear import lut_multiply
 
 __all__ = ["SoftmaxAttention", "HeadParams", "kv_layout", "softmax_cycle_model"]
@@ -218,20 +218,9 @@ class SoftmaxAttention(wiring.Component):
             m.d.sync += self.done.eq(0)
 
         # --- memories --------------------------------------------------------------------------
-        qmem_w, qmem_r, acc_r, acc_w, out_w, out_r = [], [], [], [], [], []
-        for p in range(P):
-            qm = memory.Memory(shape=signed(8), depth=2 * D, init=[])
-            am = memory.Memory(shape=signed(AW), depth=D, init=[])
-            om = memory.Memory(shape=signed(AW), depth=D, init=[])
-            m.submodules[f"qmem{p}"] = qm
-            m.submodules[f"accmem{p}"] = am
-            m.submodules[f"outmem{p}"] = om
-            qmem_w.append(qm.write_port())
-            qmem_r.append(qm.read_port())
-            acc_r.append(am.read_port())
-            acc_w.append(am.write_port())
-            out_w.append(om.write_port())
-            out_r.append(om.read_port())
+        qmem_r, qmem_w = lane_memories(m, P, "qmem", signed(8), 2 * D)
+        acc_r, acc_w = lane_memories(m, P, "accmem", signed(AW), D)
+        out_r, out_w = lane_memories(m, P, "outmem", signed(AW), D)
         m.submodules.vbuf = vbuf = memory.Memory(shape=signed(8), depth=VBANKS * D, init=[])
         vbuf_w = vbuf.write_port()
         vbuf_r = vbuf.read_port()

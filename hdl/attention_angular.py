@@ -9,13 +9,14 @@ outputs token by token). The ``d×d`` matrix ``G`` is the only state: no ``N×N`
 """
 
 from amaranth import *
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import memory
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
+from .attention_conv import (LinearKernel, accept_job, conv_mac, conv_memories, count_lanes,
+                             sweep_groups)
 from .attention_units import RsqrtUnit, rshift_round
-from .common import MemWriteSignature, check_int
-from .linear import lut_multiply
+from .common import check_int, lane_memories
 
 from .attention_spec import conv_bank_bits, conv_weight_writes   # the wire layout
 
@@ -54,7 +55,7 @@ def linear_angular_job_cycles(tokens, d, lanes, conv_taps=0):
     return cyc + 1
 
 
-class LinearAngularAttention(wiring.Component):
+class LinearAngularAttention(LinearKernel):
     """One head of linear-angular attention, ``y = 0.5·V + (1/π)·q̂(k̂ᵀV) + dwconv(V)``.
 
     Arithmetic (bit-exact with :func:`amaformer.gen.attention.attention_linear_angular`):
@@ -122,6 +123,8 @@ class LinearAngularAttention(wiring.Component):
     written while idle), so synthesis may drop the read-during-write bypass.
     """
 
+    CONFIG_FIELDS = {"max_tokens": "max_tokens"}
+
     def __init__(self, *, lanes=4, max_dim=32, max_tokens=256, conv_taps=0,
                  rsqrt_table_bits=7, rsqrt_frac_bits=7, lut_macs=False):
         check_int("lanes", lanes, 1, 64)
@@ -146,37 +149,8 @@ class LinearAngularAttention(wiring.Component):
         self.num_bits = self.g_bits + 8 + ceil_log2(max_dim)
         self.conv_bits = 17 + ceil_log2(max(conv_taps, 1))
         self.n2_bits = 15 + ceil_log2(max_dim)
-        ports = {
-            "qkv":        In(stream.Signature(data.StructLayout(
-                {"q": signed(8), "k": signed(8), "v": signed(8)}))),
-            "o":          Out(stream.Signature(signed(8))),
-            "start":      In(1),
-            "tokens":     In(range(max_tokens + 1)),
-            "dim":        In(range(max_dim + 1)),
-            "half_mult":  In(16),
-            "half_shift": In(6),
-            "ang_mult":   In(16),
-            "ang_shift":  In(6),
-            "busy":       Out(1),
-            "done":       Out(1),
-        }
-        if conv_taps:
-            ports["conv_mult"] = In(16)
-            ports["conv_shift"] = In(6)
-            ports["cw_wr"] = In(MemWriteSignature(
-                lanes << conv_bank_bits(conv_taps, lanes, max_dim), signed(8)))
-        super().__init__(ports)
-
-    @classmethod
-    def from_config(cls, att):
-        """Build from an :class:`amaformer.gen.config.AttentionConfig` (duck-typed)."""
-        return cls(lanes=min(att.lanes, att.head_dim), max_dim=att.head_dim,
-                   max_tokens=att.max_tokens, conv_taps=att.conv_taps,
-                   lut_macs=getattr(att, "lut_macs", "none") == "all")
-
-    def _mul8(self, a, b):
-        """``a·b`` for an 8-bit ``a``: in logic with ``lut_macs``, else ``*``."""
-        return lut_multiply(b, a) if self.lut_macs else a * b
+        super().__init__(max_tokens, {"half_mult": In(16), "half_shift": In(6),
+                                      "ang_mult": In(16), "ang_shift": In(6)})
 
     def elaborate(self, platform):
         m = Module()
@@ -214,32 +188,13 @@ class LinearAngularAttention(wiring.Component):
         # --- memories ----------------------------------------------------------------------
         m.submodules.xbuf = xbuf = memory.Memory(shape=signed(8), depth=D, init=[])
         x_w, x_r = xbuf.write_port(), xbuf.read_port()
-        g_r, g_w, v_r, v_w, n_r, n_w, c_r, c_w, w_r = ([] for _ in range(9))
-        for p in range(L):
-            gm = memory.Memory(shape=signed(GW), depth=G * D, init=[])
-            vm = memory.Memory(shape=signed(8), depth=T * G, init=[])
-            nm = memory.Memory(shape=signed(NW), depth=NS * G, init=[])
-            m.submodules[f"gmem{p}"] = gm
-            m.submodules[f"vring{p}"] = vm
-            m.submodules[f"nmem{p}"] = nm
-            g_r.append(gm.read_port())
-            g_w.append(gm.write_port())
-            v_r.append(vm.read_port())
-            v_w.append(vm.write_port())
-            n_r.append(nm.read_port())
-            n_w.append(nm.write_port())
-            if TAPS:
-                cmm = memory.Memory(shape=signed(CW), depth=G, init=[])
-                wm = memory.Memory(shape=signed(8), depth=G * TAPS, init=[])
-                m.submodules[f"cmem{p}"] = cmm
-                m.submodules[f"wmem{p}"] = wm
-                c_r.append(cmm.read_port())
-                c_w.append(cmm.write_port())
-                w_r.append(wm.read_port())
-                ww = wm.write_port()
-                rw = conv_bank_bits(TAPS, L, D)
-                m.d.comb += [ww.addr.eq(self.cw_wr.addr[:rw]), ww.data.eq(self.cw_wr.data),
-                             ww.en.eq(self.cw_wr.en & (self.cw_wr.addr[rw:] == p))]
+        g_r, g_w = lane_memories(m, L, "gmem", signed(GW), G * D)
+        v_r, v_w = lane_memories(m, L, "vring", signed(8), T * G)
+        n_r, n_w = lane_memories(m, L, "nmem", signed(NW), NS * G)
+        c_r, c_w, w_r = [], [], []
+        if TAPS:
+            c_r, c_w, w_r = conv_memories(m, self.cw_wr, taps=TAPS, lanes=L, max_dim=D,
+                                          groups=G, conv_width=CW)
 
         # --- load --------------------------------------------------------------------------
         li = Signal(range(D))
@@ -313,26 +268,14 @@ class LinearAngularAttention(wiring.Component):
         cslot_now = Signal(range(T))
         cu_ok = Signal()
         if TAPS:
-            cacc = [Signal(signed(CW), name=f"cacc{p}") for p in range(L)]
             u = Signal(signed(len(ubase) + 1))
             m.d.comb += [cslot_now.eq(Mux(mi == 0, cbase, cslot)),
                          u.eq(ubase + mi), cu_ok.eq((u >= 0) & (u < ntok))]
             with m.If(cv_issue):
                 m.d.sync += cslot.eq(inc_mod(cslot_now, T))
-            c1_valid, c1_first, c1_last, c1_ok, c2_valid = (
-                Signal(name=n) for n in ("c1_valid", "c1_first", "c1_last", "c1_ok", "c2_valid"))
-            c1_g, c2_g = Signal.like(mg, name="c1_g"), Signal.like(mg, name="c2_g")
-            m.d.sync += [c1_valid.eq(cv_issue), c1_first.eq(mi == 0),
-                         c1_last.eq(mi == TAPS - 1), c1_ok.eq(cu_ok), c1_g.eq(mg),
-                         c2_valid.eq(c1_valid & c1_last), c2_g.eq(c1_g)]
-            for p in range(L):
-                m.d.comb += w_r[p].addr.eq(mg * TAPS + mi)
-                with m.If(c1_valid):
-                    m.d.sync += cacc[p].eq(Mux(c1_first, 0, cacc[p])
-                                           + Mux(c1_ok, self._mul8(w_r[p].data, v_r[p].data),
-                                                 0))
-                m.d.comb += [c_w[p].addr.eq(c2_g), c_w[p].data.eq(cacc[p]),
-                             c_w[p].en.eq(c2_valid)]
+            conv_mac(m, issue=cv_issue, first=mi == 0, last=mi == TAPS - 1, ok=cu_ok, group=mg,
+                     tap=mi, taps=TAPS, w_r=w_r, v_r=v_r, c_w=c_w, mul=self._mul8,
+                     conv_width=CW)
 
         # --- output pipeline: issue -> o1 (data) -> o2 (products) -> o3 (sum) -> o (clamp) --
         en = Signal()
@@ -406,19 +349,11 @@ class LinearAngularAttention(wiring.Component):
                                  am.eq(self.ang_mult), ash.eq(self.ang_shift),
                                  pass2.eq(0), step.eq(0), li.eq(0), lane_of.eq(0),
                                  grp_of.eq(0)]
-                    if TAPS:
-                        m.d.sync += [cm.eq(self.conv_mult), csh.eq(self.conv_shift)]
-                    with m.If((self.tokens == 0) | (self.dim == 0)):
-                        m.d.sync += self.done.eq(1)
-                    with m.Else():
-                        m.d.sync += self.busy.eq(1)
-                        m.next = "LOAD"
+                    accept_job(m, self, (cm, csh) if TAPS else None, "LOAD")
             with m.State("LOAD"):
                 m.d.comb += self.qkv.ready.eq(1)
                 with m.If(load_fire):
-                    m.d.sync += [li.eq(li + 1), lane_of.eq(lane_of + 1)]
-                    with m.If(lane_of == L - 1):
-                        m.d.sync += [lane_of.eq(0), grp_of.eq(grp_of + 1)]
+                    count_lanes(m, li, lane_of, grp_of, L)
                     with m.If(li == dm1):
                         m.d.sync += rc.eq(0)
                         m.next = "RSQRT"
@@ -426,19 +361,13 @@ class LinearAngularAttention(wiring.Component):
                 m.d.sync += rc.eq(rc + 1)
                 with m.If(rc == RsqrtUnit.LATENCY):
                     m.d.sync += [r_reg.eq(rsq.r), s_reg.eq(rsq.s), mg.eq(0), mi.eq(0)]
-                    if TAPS:
-                        m.d.sync += imax.eq(Mux(t_valid & (dm1 < TAPS - 1), TAPS - 1, dm1))
-                    else:
-                        m.d.sync += imax.eq(dm1)
+                    m.d.sync += imax.eq(Mux(t_valid & (dm1 < TAPS - 1), TAPS - 1, dm1)
+                                        if TAPS else dm1)
                     m.next = "MAC"
             with m.State("MAC"):
-                m.d.comb += in_mac.eq(1)
-                m.d.sync += mi.eq(mi + 1)
-                with m.If(mi == imax):
-                    m.d.sync += [mi.eq(0), mg.eq(mg + 1)]
-                    with m.If(mg == groups_m1):
-                        m.d.sync += dc.eq(0)
-                        m.next = "DRAIN"
+                with m.If(sweep_groups(m, in_mac, mi, imax, mg, groups_m1)):
+                    m.d.sync += dc.eq(0)
+                    m.next = "DRAIN"
             with m.State("DRAIN"):
                 m.d.sync += dc.eq(dc + 1)
                 with m.If(dc == MAC_DRAIN - 1):
@@ -450,9 +379,7 @@ class LinearAngularAttention(wiring.Component):
             with m.State("OUT"):
                 m.d.comb += in_out.eq(1)
                 with m.If(en):
-                    m.d.sync += [oj.eq(oj + 1), oj_lane.eq(oj_lane + 1)]
-                    with m.If(oj_lane == L - 1):
-                        m.d.sync += [oj_lane.eq(0), oj_grp.eq(oj_grp + 1)]
+                    count_lanes(m, oj, oj_lane, oj_grp, L)
                     with m.If(oj == dm1):
                         m.next = "NEXT"
             with m.State("NEXT"):

@@ -8,13 +8,14 @@ plus an optional causal depthwise convolution of V (``conv_taps > 0``): bit-exac
 """
 
 from amaranth import *
-from amaranth.lib import data, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import memory
+from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
-from .attention_angular import conv_bank_bits
+from .attention_conv import (LinearKernel, accept_job, conv_mac, conv_memories, count_lanes,
+                             sweep_groups)
 from .attention_units import ReciprocalUnit, rshift_round
-from .common import MemWriteSignature, check_int
+from .common import check_int, lane_memories
 from .linear import lut_multiply
 
 __all__ = ["LinearCausalAttention", "linear_causal_token_cycles", "linear_causal_job_cycles"]
@@ -39,7 +40,7 @@ def linear_causal_job_cycles(tokens, d, lanes, conv_taps=0):
     return tokens * linear_causal_token_cycles(d, lanes, conv_taps) + 1
 
 
-class LinearCausalAttention(wiring.Component):
+class LinearCausalAttention(LinearKernel):
     """One head of causal linear attention, one token per step.
 
     Note for the top's sequencer: ``conv_taps = 0`` (the default) keeps the ports unchanged;
@@ -104,6 +105,10 @@ class LinearCausalAttention(wiring.Component):
     written while idle), so synthesis may drop the read-during-write bypass.
     """
 
+    CONFIG_FIELDS = {"max_context": "max_tokens", "recip_table_bits": "recip_table_bits",
+                     "recip_bits": "recip_bits", "recip_mant_bits": "recip_mant_bits",
+                     "guard_bits": "guard_bits"}
+
     def __init__(self, *, lanes=4, max_dim=32, max_context=1024, recip_table_bits=6,
                  recip_bits=15, recip_mant_bits=16, guard_bits=8, conv_taps=0,
                  lut_macs=False):
@@ -129,38 +134,7 @@ class LinearCausalAttention(wiring.Component):
         self.z_bits = 8 + lc
         self.num_bits = self.state_bits + 8 + ceil_log2(max_dim) + 1
         self.den_bits = self.z_bits + 8 + ceil_log2(max_dim)
-        ports = {
-            "qkv":       In(stream.Signature(data.StructLayout(
-                {"q": signed(8), "k": signed(8), "v": signed(8)}))),
-            "o":         Out(stream.Signature(signed(8))),
-            "start":     In(1),
-            "tokens":    In(range(max_context + 1)),
-            "dim":       In(range(max_dim + 1)),
-            "clear":     In(1),
-            "out_mult":  In(16),
-            "out_shift": In(6),
-            "busy":      Out(1),
-            "done":      Out(1),
-        }
-        if conv_taps:
-            ports["conv_mult"] = In(16)
-            ports["conv_shift"] = In(6)
-            ports["cw_wr"] = In(MemWriteSignature(
-                lanes << conv_bank_bits(conv_taps, lanes, max_dim), signed(8)))
-        super().__init__(ports)
-
-    @classmethod
-    def from_config(cls, att):
-        """Build from an :class:`amaformer.gen.config.AttentionConfig` (duck-typed)."""
-        return cls(lanes=min(att.lanes, att.head_dim), max_dim=att.head_dim,
-                   max_context=att.max_tokens, recip_table_bits=att.recip_table_bits,
-                   recip_bits=att.recip_bits, recip_mant_bits=att.recip_mant_bits,
-                   guard_bits=att.guard_bits, conv_taps=att.conv_taps,
-                   lut_macs=getattr(att, "lut_macs", "none") == "all")
-
-    def _mul8(self, a, b):
-        """``a·b`` for a signed 8-bit ``a``: in logic with ``lut_macs``, else ``*``."""
-        return lut_multiply(b, a) if self.lut_macs else a * b
+        super().__init__(max_context, {"clear": In(1), "out_mult": In(16), "out_shift": In(6)})
 
     def elaborate(self, platform):
         m = Module()
@@ -181,39 +155,19 @@ class LinearCausalAttention(wiring.Component):
         osh = Signal(6)
         clearing = Signal()
 
-        smem = [memory.Memory(shape=signed(SW), depth=G * D, init=[]) for _ in range(L)]
-        vmem = [memory.Memory(shape=signed(8), depth=T * G, init=[]) for _ in range(L)]
-        nmem = [memory.Memory(shape=signed(NW), depth=G, init=[]) for _ in range(L)]
-        for p in range(L):
-            m.submodules[f"smem{p}"] = smem[p]
-            m.submodules[f"vmem{p}"] = vmem[p]
-            m.submodules[f"nmem{p}"] = nmem[p]
+        s_r, s_w = lane_memories(m, L, "smem", signed(SW), G * D)
+        v_r, v_w = lane_memories(m, L, "vmem", signed(8), T * G)
+        n_r, n_w = lane_memories(m, L, "nmem", signed(NW), G)
         m.submodules.fk = fkm = memory.Memory(shape=unsigned(8), depth=D, init=[])
         m.submodules.fq = fqm = memory.Memory(shape=unsigned(8), depth=D, init=[])
         m.submodules.z = zm = memory.Memory(shape=unsigned(ZW), depth=D, init=[])
-        s_r = [mm.read_port() for mm in smem]
-        s_w = [mm.write_port() for mm in smem]
-        v_r = [mm.read_port() for mm in vmem]
-        v_w = [mm.write_port() for mm in vmem]
-        n_r = [mm.read_port() for mm in nmem]
-        n_w = [mm.write_port() for mm in nmem]
         fk_r, fk_w = fkm.read_port(), fkm.write_port()
         fq_r, fq_w = fqm.read_port(), fqm.write_port()
         z_r, z_w = zm.read_port(), zm.write_port()
         c_r, c_w, w_r = [], [], []
         if TAPS:
-            rw = conv_bank_bits(TAPS, L, D)
-            for p in range(L):
-                cmm = memory.Memory(shape=signed(CW), depth=G, init=[])
-                wm = memory.Memory(shape=signed(8), depth=G * TAPS, init=[])
-                m.submodules[f"cmem{p}"] = cmm
-                m.submodules[f"wmem{p}"] = wm
-                c_r.append(cmm.read_port())
-                c_w.append(cmm.write_port())
-                w_r.append(wm.read_port())
-                ww = wm.write_port()
-                m.d.comb += [ww.addr.eq(self.cw_wr.addr[:rw]), ww.data.eq(self.cw_wr.data),
-                             ww.en.eq(self.cw_wr.en & (self.cw_wr.addr[rw:] == p))]
+            c_r, c_w, w_r = conv_memories(m, self.cw_wr, taps=TAPS, lanes=L, max_dim=D,
+                                          groups=G, conv_width=CW)
         cur_slot = Signal(range(T))         # ring slot of the current token's V
         hist = Signal(range(T))             # tokens of V before it since the last clear
 
@@ -313,21 +267,9 @@ class LinearCausalAttention(wiring.Component):
                          cslot_now.eq(Mux(ui == 1, cur_slot, cslot))]
             with m.If(cv_issue):
                 m.d.sync += cslot.eq(Mux(cslot_now == 0, T - 1, cslot_now - 1))
-            c1_valid, c1_first, c1_last, c1_ok, c2_valid = (
-                Signal(name=n) for n in ("c1_valid", "c1_first", "c1_last", "c1_ok", "c2_valid"))
-            c1_g, c2_g = Signal.like(ug, name="c1_g"), Signal.like(ug, name="c2_g")
-            m.d.sync += [c1_valid.eq(cv_issue), c1_first.eq(ui == 1), c1_last.eq(ui == TAPS),
-                         c1_ok.eq(tau <= hist), c1_g.eq(ug),
-                         c2_valid.eq(c1_valid & c1_last), c2_g.eq(c1_g)]
-            cacc = [Signal(signed(CW), name=f"cacc{p}") for p in range(L)]
-            for p in range(L):
-                m.d.comb += w_r[p].addr.eq(ug * TAPS + tau)
-                with m.If(c1_valid):
-                    m.d.sync += cacc[p].eq(Mux(c1_first, 0, cacc[p])
-                                           + Mux(c1_ok, self._mul8(w_r[p].data, v_r[p].data),
-                                                 0))
-                m.d.comb += [c_w[p].addr.eq(c2_g), c_w[p].data.eq(cacc[p]),
-                             c_w[p].en.eq(c2_valid)]
+            conv_mac(m, issue=cv_issue, first=ui == 1, last=ui == TAPS, ok=tau <= hist,
+                     group=ug, tap=tau, taps=TAPS, w_r=w_r, v_r=v_r, c_w=c_w, mul=self._mul8,
+                     conv_width=CW)
 
         m.submodules.recip = recip = ReciprocalUnit(
             in_width=DW, mant_bits=self.recip_mant_bits, table_bits=self.recip_table_bits,
@@ -391,19 +333,11 @@ class LinearCausalAttention(wiring.Component):
                                  li.eq(0), lane_of.eq(0), grp_of.eq(0)]
                     with m.If(self.clear):
                         m.d.sync += [clearing.eq(1), hist.eq(0)]
-                    if TAPS:
-                        m.d.sync += [cm.eq(self.conv_mult), csh.eq(self.conv_shift)]
-                    with m.If((self.tokens == 0) | (self.dim == 0)):
-                        m.d.sync += self.done.eq(1)
-                    with m.Else():
-                        m.d.sync += self.busy.eq(1)
-                        m.next = "LOAD"
+                    accept_job(m, self, (cm, csh) if TAPS else None, "LOAD")
             with m.State("LOAD"):
                 m.d.comb += self.qkv.ready.eq(1)
                 with m.If(load_fire):
-                    m.d.sync += [li.eq(li + 1), lane_of.eq(lane_of + 1)]
-                    with m.If(lane_of == L - 1):
-                        m.d.sync += [lane_of.eq(0), grp_of.eq(grp_of + 1)]
+                    count_lanes(m, li, lane_of, grp_of, L)
                     with m.If(li == dm1):
                         m.d.sync += [li.eq(0), lane_of.eq(0), grp_of.eq(0), ui.eq(0),
                                      ug.eq(0), umax.eq(dm1)]
@@ -411,13 +345,9 @@ class LinearCausalAttention(wiring.Component):
                             m.d.sync += umax.eq(Mux(dm1 < TAPS, TAPS, dm1))
                         m.next = "UPDATE"
             with m.State("UPDATE"):
-                m.d.comb += in_update.eq(1)
-                m.d.sync += ui.eq(ui + 1)
-                with m.If(ui == umax):
-                    m.d.sync += [ui.eq(0), ug.eq(ug + 1)]
-                    with m.If(ug == groups_m1):
-                        m.d.sync += rc.eq(0)
-                        m.next = "RECIP"
+                with m.If(sweep_groups(m, in_update, ui, umax, ug, groups_m1)):
+                    m.d.sync += rc.eq(0)
+                    m.next = "RECIP"
             with m.State("RECIP"):
                 # den is final 3 cycles after the last issue; the reciprocal takes LATENCY
                 m.d.sync += rc.eq(rc + 1)
@@ -431,9 +361,7 @@ class LinearCausalAttention(wiring.Component):
             with m.State("OUT"):
                 m.d.comb += o_issue.eq(en)
                 with m.If(en):
-                    m.d.sync += [oj.eq(oj + 1), oj_lane.eq(oj_lane + 1)]
-                    with m.If(oj_lane == L - 1):
-                        m.d.sync += [oj_lane.eq(0), oj_grp.eq(oj_grp + 1)]
+                    count_lanes(m, oj, oj_lane, oj_grp, L)
                     with m.If(oj == dm1):
                         m.d.sync += tokens_left.eq(tokens_left - 1)
                         m.next = "NEXT"

@@ -12,14 +12,62 @@ image of :func:`keep_mask_image` at ``mask_addr`` of the activation memory); ``f
 :data:`HEAD_PARAM_FIELDS` word per head) and ``conv`` (``linear_causal`` convolution taps, int8).
 """
 
+import math
+from dataclasses import dataclass, fields
+
 from amaranth import unsigned
 from amaranth.lib import data
 
 from .registry import UnitKind
 
-__all__ = ["ATTENTION", "DESCRIPTOR", "RECORD", "MODE_CODES", "MASKS", "FLAG_CONTINUE",
+__all__ = ["SoftmaxFormat", "ATTENTION", "DESCRIPTOR", "RECORD", "MODE_CODES", "MASKS", "FLAG_CONTINUE",
            "HEAD_PARAM_FIELDS", "head_param_word", "keep_mask_image", "conv_bank_bits",
            "conv_weight_writes"]
+
+@dataclass(frozen=True)
+class SoftmaxFormat:
+    """Fixed-point format of the softmax datapath.
+
+    Parameters
+    ----------
+    exp_frac_bits : int
+        ``F``: fractional bits of the log2-domain logit; the exp2 table has ``2^F`` entries.
+    p_bits : int
+        ``PB``: fractional bits of the probabilities ``p`` (``p < 2``, ``PB + 1`` bits).
+    recip_table_bits : int
+        Index bits of the reciprocal seed table (``2^bits`` entries).
+    recip_bits : int
+        ``RB``: fractional bits of the reciprocal ``r`` (``RB + 1`` bits).
+    recip_mant_bits : int
+        Bits of the normalized running sum that enter the reciprocal (truncated).
+    guard_bits : int
+        ``G``: fractional bits of the normalized output before the final requantization.
+
+    The configurations of the units that compute a softmax
+    (:class:`~amaformer.gen.config.AttentionConfig`,
+    :class:`~amaformer.gen.config.SparseDenseConfig`) inherit these fields, so they are written
+    once; the gateware and the golden models take a ``SoftmaxFormat``.
+    """
+    exp_frac_bits: int = 6
+    p_bits: int = 12
+    recip_table_bits: int = 6
+    recip_bits: int = 15
+    recip_mant_bits: int = 16
+    guard_bits: int = 8
+
+    @classmethod
+    def from_config(cls, att):
+        """The format fields of an ``AttentionConfig`` (read duck-typed)."""
+        return cls(*(getattr(att, f.name) for f in fields(cls)))
+
+    def sum_bits(self, max_tokens):
+        """Unsigned width of the running sum ``l``: ``PB + 3 + ceil(log2 max_tokens)``."""
+        return self.p_bits + 3 + max(0, math.ceil(math.log2(max_tokens)))
+
+    def acc_bits(self, max_tokens, v_bits=8):
+        """Signed width of the running weighted sum ``a`` (``|a| <= l·2^(v_bits-1)``)."""
+        return self.sum_bits(max_tokens) + v_bits
+
 
 #: Attention engines as reported by the record's ``mode``.
 MODE_CODES = {"softmax": 0, "linear_causal": 1, "linear_angular": 2}

@@ -4,7 +4,8 @@ from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["check_int", "drive_write_port", "linear_engine_ports", "params_memory",
+__all__ = ["check_int", "drive_write_port", "lane_memories", "linear_engine_ports",
+           "params_memory",
            "MemWriteSignature", "RequantParams", "Requantizer"]
 
 #: Per-column requantization word: bias (accumulator units), multiplier M, shift S.
@@ -30,6 +31,19 @@ def check_int(name, value, lo, hi=None):
         else:
             allowed = f"an integer >= {lo}"
         raise ValueError(f"{name} must be {allowed}, not {value!r}")
+
+
+def lane_memories(m, count, name, shape, depth):
+    """``count`` memories ``{name}0``, ``{name}1``, ... of ``depth`` words of ``shape``, added
+    to ``m`` (one per lane or bank, the names the build's memory audit knows them by); returns
+    their ``(read ports, write ports)``, both synchronous, read ports not transparent."""
+    reads, writes = [], []
+    for p in range(count):
+        mem = memory.Memory(shape=shape, depth=depth, init=[])
+        m.submodules[f"{name}{p}"] = mem
+        reads.append(mem.read_port())
+        writes.append(mem.write_port())
+    return reads, writes
 
 
 def linear_engine_ports(*, act_bits, max_m, max_k, max_n, weight_depth, weight_word,

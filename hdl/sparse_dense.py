@@ -33,6 +33,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention import HeadParams
+from .attention_spec import SoftmaxFormat
 from .attention_units import Exp2Unit, ReciprocalUnit, rshift_round
 from .common import MemWriteSignature, check_int, drive_write_port
 
@@ -338,7 +339,6 @@ class SparseDenseEngine(wiring.Component):
         check_int("qkv_buffers", qkv_buffers, 2, 8)
         self.qkv_buffers = qkv_buffers
         check_int("out_depth", out_depth, 1, 1 << 31)
-        from amaformer.gen.attention import SoftmaxFormat
         self.fmt = SoftmaxFormat(exp_frac_bits, p_bits, recip_table_bits, recip_bits,
                                  recip_mant_bits, guard_bits)
         self.dense_lanes, self.sparse_lanes = dense_lanes, sparse_lanes

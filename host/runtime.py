@@ -4,8 +4,11 @@ The host's part of the model (embeddings, per-token quantization and scaling, La
 activation, residuals, pooling) is the very code of :func:`amaformer.gen.model.exact.
 exact_forward`; only the device parts change hands: each linear op's jobs go to the linear
 unit (``dev.unit("linear").linear``, which tiles the weights to fit its buffer) and each
-attention to the attention unit. So a run on a correct device returns exactly what the golden
-path computes, bit for bit, and :func:`run_program` can be checked against it.
+attention to the attention unit, or, for a program compiled with fixed masks, to the
+sparse-dense unit (``dev.unit("sparse_dense").attention`` under the layer's masks cropped to the
+sentence, :meth:`~amaformer.gen.program.Program.layer_masks`). So a run on a correct device
+returns exactly what the golden path computes, bit for bit, and :func:`run_program` can be
+checked against it.
 
 The trace (:class:`LayerTrace`, one per encoder layer) counts the device cycles of every job
 (the units' own counters), the jobs, and the bytes that crossed the link each way (a counting
@@ -34,6 +37,7 @@ class LayerTrace:
     bytes_from_device: int = 0
     linear_macs: int = 0
     ops: dict = field(default_factory=dict)      # op role -> cycles
+    attention_unit: str = "attention"            # or "sparse_dense" (fixed masks)
 
     @property
     def cycles(self):
@@ -96,11 +100,15 @@ class DeviceExecutor:
         self.program = program
         self.device = device
         self.lin = device.unit("linear")
-        self.att = device.unit("attention")
+        units = {program.attention_unit(ly.index) for ly in program.graph.layers}
+        self.att = device.unit("attention") if "attention" in units else None
+        self.sd = device.unit("sparse_dense") if "sparse_dense" in units else None
         if self.lin.mode != program.config.linear.mode:
             raise ValueError(f"the device's linear unit runs {self.lin.mode!r}, the program "
                              f"was compiled for {program.config.linear.mode!r}")
-        self.trace = {ly.index: LayerTrace(ly.index) for ly in program.graph.layers}
+        self.trace = {ly.index: LayerTrace(ly.index,
+                                           attention_unit=program.attention_unit(ly.index))
+                      for ly in program.graph.layers}
         self._counter = None
 
     def __enter__(self):
@@ -136,10 +144,17 @@ class DeviceExecutor:
         return y
 
     def attention(self, q, k, v, score_mult, score_shift, out_mult, out_shift, layer):
-        """One softmax attention job (``H×T×d`` int8 in and out)."""
+        """One attention job (``H×T×d`` int8 in and out): softmax on the attention unit, or,
+        under the program's masks, on the sparse-dense unit."""
         before = (self._counter.written, self._counter.read_bytes)
-        y = self.att.attention(q, k, v, out_mult, out_shift, score_mult=score_mult,
-                               score_shift=score_shift, as_tensor=True)
+        if self.program.attention_unit(layer) == "sparse_dense":
+            params = [tuple(int(x) for x in p)
+                      for p in zip(score_mult, score_shift, out_mult, out_shift)]
+            keep = self.program.layer_masks(layer, q.shape[-2])
+            y = self.sd.attention(q, k, v, params, keep, as_tensor=True)
+        else:
+            y = self.att.attention(q, k, v, out_mult, out_shift, score_mult=score_mult,
+                                   score_shift=score_shift, as_tensor=True)
         t = self._account(layer, before)
         t.attention_cycles += self.device.last_cycles
         t.attention_jobs += 1
@@ -164,11 +179,14 @@ def run_program(program, device, ids_list):
 
     Linear ops run once over the tokens of all sentences (weights written once per tile),
     attention once per sentence. Raises ``ValueError`` for a sentence longer than the
-    program's ``max_tokens`` or a device that lacks a unit the program needs (one line).
+    program's ``max_tokens`` (:class:`~amaformer.gen.program.ProgramError` if longer than its
+    masks) or a device that lacks a unit the program needs (one line).
     """
     ids_list = [torch.as_tensor(i).reshape(-1) for i in ids_list]
     if not ids_list:
         raise ValueError("ids_list must hold at least one sentence")
+    for i, ids in enumerate(ids_list):
+        program.check_tokens(len(ids), i)
     limit = max_tokens(program, device)
     for i, ids in enumerate(ids_list):
         if not 1 <= len(ids) <= limit:

@@ -60,7 +60,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from .sim import SimulatedDevice
+from .simulated import SimulatedDevice
 
 __all__ = ["VerilatorTransport", "VerilatorUnavailable", "cache_dir", "find_toolchain",
            "build_model", "HARNESS"]

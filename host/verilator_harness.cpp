@@ -27,7 +27,7 @@
 //     just records clk = 0 as the trigger's previous value (nothing is sensitive to the falling
 //     edge, and every other signal is settled).
 // About twice as many cycles per second; the same values at every edge (checked against
-// Amaranth's simulator by sim_tests/test_sim_backends.py).
+// Amaranth's simulator by sim_tests/link_and_top/test_sim_backends.py).
 
 #include <cstddef>
 #include <cstdint>

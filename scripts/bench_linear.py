@@ -70,7 +70,7 @@ def simulate(lanes, m, k, n, seed=0):
     from amaranth.sim import Simulator
 
     from amaformer.gen.golden import linear_mul
-    from amaformer.gen.run import random_layer
+    from amaformer.gen.layers import random_layer
     from amaformer.hdl.linear_layout import pack_linear_weights, pack_requant_params
     from amaformer.hdl.linear import LinearEngine
 

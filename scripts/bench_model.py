@@ -7,7 +7,7 @@ default, none used for calibration), computed through the device's bit-exact gol
 the scales the compiler uses (``gen.program.DEFAULT_NUMERICS``, K chunks of the unit's
 ``max_k``); one entry per weight-encoding set of ``gen.program.ENCODING_SETS``.
 
-Speed on the whole-model configuration (``gen.model_run.minilm_config()``: linear unit 8 lanes
+Speed on the whole-model configuration (``gen.minilm_presets.minilm_config()``: linear unit 8 lanes
 ``mul`` + softmax attention unit 4 lanes, ULX3S-85F at 25 MHz): device cycles for one sentence
 of 16 and of 128 tokens from the units' exact cycle models composed over the program
 (``gen.program.program_cycles``, which the suite checks against simulation), and, with
@@ -30,7 +30,7 @@ import torch
 
 from amaformer.gen.model import capture, load_minilm, load_sentences
 from amaformer.gen.model.exact import calibrate, evaluate, reference
-from amaformer.gen.model_run import minilm_config
+from amaformer.gen.minilm_presets import minilm_config
 from amaformer.gen.program import (DEFAULT_NUMERICS, ENCODING_SETS, compile_program,
                                    program_cycles)
 from amaformer.hdl.top import DEFAULT_ACT_DEPTH, DEFAULT_OUT_DEPTH
@@ -82,8 +82,8 @@ def main(argv=None):
     s128 = _speed(program, 128, 256 * 1024)
     out["speed"] = {"16": s16, "128": s128}
     if args.device_run:
-        from amaformer.gen.model_run import run_minilm
-        from amaformer.gen.run import open_device
+        from amaformer.host.model_run import run_minilm
+        from amaformer.host.layer_run import open_device
         sentence = next(s for s in held if len(lm.ids(s)) == 16) if any(
             len(lm.ids(s)) == 16 for s in held) else held[0]
         dev = open_device("sim", cfg, timeout=10, retries=0, backend="verilator")

@@ -152,7 +152,7 @@ def main(argv=None):
     # the demo's whole layer on the fast backend
     if not args.no_layer:
         try:
-            from amaformer.gen.run import compile_minilm
+            from amaformer.gen.layers import compile_minilm
             prog, _, x = compile_minilm("query", 384)
             lops = (prog.quantize_input(x), prog.w, prog.bias, prog.mult, prog.shift)
             what = "all-MiniLM-L6-v2 layer 0 query"

@@ -45,7 +45,7 @@ def read_report(path):
 
 
 def main(argv=None):
-    from amaformer.gen.run import MINILM_SENTENCE
+    from amaformer.gen.layers import MINILM_SENTENCE
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", help="accelerator config TOML (default: the default config)")
@@ -64,7 +64,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     from amaformer.gen.config import AcceleratorConfig, LinearConfig, load_config
-    from amaformer.gen.run import compile_minilm, open_device, run_layer
+    from amaformer.gen.layers import compile_minilm
+    from amaformer.host.layer_run import open_device, run_layer
 
     config = load_config(args.config) if args.config else AcceleratorConfig()
     if config.linear.mode != "mul":
@@ -116,7 +117,7 @@ def main(argv=None):
         "sim_start_seconds": round(start, 2),
     })
     if not args.no_modes:
-        from amaformer.gen.run import compare_encodings
+        from amaformer.host.layer_run import compare_encodings
         rows = compare_encodings(backend="auto" if sim.backend == "verilator" else "amaranth")
         print("\nweight encodings on the simulated device (random float layer 4×64×40):")
         print(f"{'mode':<6} {'lanes':>5} {'peak MAC-eq/cycle':>17} {'cycles':>7} "

@@ -8,7 +8,7 @@ command -v iverilog >/dev/null 2>&1 || need_apt+=(iverilog)
 command -v openFPGALoader >/dev/null 2>&1 || need_apt+=(openfpgaloader)
 # C++ compiler of the Verilator simulated device (host/verilator.py)
 command -v c++ >/dev/null 2>&1 || need_apt+=(g++)
-# headless browser of the report's test (sim_tests/test_report.py)
+# headless browser of the report's test (sim_tests/whole_model/test_report.py)
 command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "setup: installing Debian packages: ${need_apt[*]}"

@@ -37,15 +37,16 @@ SD = SparseDenseConfig(dense_lanes=1, sparse_lanes=3, heads=4, head_dim=8, max_t
 ACT, OUT = 2048, 1024
 
 
-def make_device(sd=SD, **cfg):
+def make_device(sd=SD, backend="amaranth", **cfg):
     config = AcceleratorConfig(linear=LinearConfig(enabled=False), sparse_dense=sd, **cfg)
-    tr = sim_transport(config, "amaranth", timeout_cycles=300, act_depth=ACT, out_depth=OUT)
+    tr = sim_transport(config, backend, timeout_cycles=300, act_depth=ACT, out_depth=OUT)
     return Device(tr, timeout=0.01, retries=0, expect=config)
 
 
 @pytest.fixture(scope="module")
-def dev():
-    return make_device()
+def dev(sim_backend):
+    """The unit behind the top on each simulated-device backend (Amaranth, then Verilator)."""
+    return make_device(backend=sim_backend)
 
 
 def float_qkv(h, n, d, seed):

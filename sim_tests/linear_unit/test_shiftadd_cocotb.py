@@ -2,10 +2,10 @@
 """cocotb verification of the shift and bcq engines' Verilog on Icarus, launched from pytest.
 
 One Verilog build per parameter point (small maxima, so builds are quick), each running every
-test of ``sim_tests/cocotb_shiftadd.py``: K = 1, K not a multiple of the lanes/chunk (shift with
+test of :mod:`amaformer.gen.benches.shiftadd`: K = 1, K not a multiple of the lanes/chunk (shift with
 g inputs per lane: of g, and K < g, where Icarus's undefined row-buffer bytes must not leak), N = 1,
 M = 1, unstalled with exact cycle counts, with random idle inputs and back-pressure and with the
-deterministic pause pattern (``cocotb_tb.FLOWS``), back-to-back jobs, an empty job and a reset
+deterministic pause pattern (:data:`amaformer.gen.benches.tb.FLOWS`), back-to-back jobs, an empty job and a reset
 mid-job.
 """
 
@@ -18,7 +18,7 @@ import pytest
 
 from amaformer.gen.config import LinearConfig
 from amaformer.gen.rtl import linear_engine_from_config
-from cocotb_run import run_bench
+from amaformer.gen.sim import run_bench
 
 needs_icarus = pytest.mark.skipif(shutil.which("iverilog") is None,
                                   reason="iverilog not installed (scripts/setup.sh installs it)")
@@ -50,7 +50,7 @@ def _run_bench(engine, cfg, tmp_path, *, extra_sources=(), defines=None, quick=F
                min_passed=15):
     env = {"AMAFORMER_LINEAR": json.dumps(asdict(cfg)), "AMAFORMER_SEED": "1",
            "AMAFORMER_QUICK": "1" if quick else "0"}
-    passed, failures, names = run_bench("cocotb_shiftadd", engine, "engine", tmp_path, env,
+    passed, failures, names = run_bench("amaformer.gen.benches.shiftadd", engine, "engine", tmp_path, env,
                                         extra_sources=extra_sources, defines=defines)
     assert not failures, failures
     assert passed >= min_passed, names

@@ -3,10 +3,10 @@ bit-exact PyTorch model :func:`amaformer.gen.attention.attention_softmax`.
 
 The engine's parameters come from ``AMAFORMER_ATTENTION`` (JSON: ``lanes``, ``max_dim``,
 ``max_tokens``, ``max_heads``), the seed from ``AMAFORMER_SEED``. Launched by
-``sim_tests/test_attention_cocotb.py``; not collected by pytest itself.
+``sim_tests/attention_unit/test_attention_cocotb.py``; not collected by pytest itself.
 
-The bench is a :class:`cocotb_tb.TB` (drivers on ``q`` and ``kv``, monitor and in-order checker
-on ``o``, pause patterns of :data:`cocotb_tb.FLOWS`). Unstalled jobs are also checked cycle for
+The bench is a :class:`.tb.TB` (drivers on ``q`` and ``kv``, monitor and in-order checker
+on ``o``, pause patterns of :data:`.tb.FLOWS`). Unstalled jobs are also checked cycle for
 cycle against :func:`amaformer.hdl.attention.softmax_cycle_model`.
 """
 
@@ -19,7 +19,7 @@ import torch
 from amaformer.gen.attention import (attention_softmax, causal_mask, random_mask,
                                      softmax_schedule, softmax_scales, softmax_streams)
 from amaformer.hdl.attention import HeadParams, softmax_cycle_model
-from cocotb_tb import TB, labelled
+from .tb import TB, labelled
 
 PARAMS = json.loads(os.environ.get("AMAFORMER_ATTENTION", "{}"))
 LANES = PARAMS.get("lanes", 4)

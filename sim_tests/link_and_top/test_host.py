@@ -235,7 +235,7 @@ def test_demo_script_small(tmp_path):
     import importlib.util
     import json
     from pathlib import Path
-    path = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
     spec = importlib.util.spec_from_file_location("amaformer_demo", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

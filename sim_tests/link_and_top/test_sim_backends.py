@@ -315,7 +315,7 @@ def test_demo_falls_back(tmp_path, capsys, monkeypatch):
     the real layer on a short sentence; its JSON carries the simulation figures."""
     import importlib.util
     import json
-    path = Path(__file__).resolve().parent.parent / "scripts" / "demo.py"
+    path = Path(__file__).resolve().parents[2] / "scripts" / "demo.py"
     spec = importlib.util.spec_from_file_location("amaformer_demo_fallback", path)
     demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(demo)

@@ -1,5 +1,5 @@
-"""The testbench base of the engine benches (``cocotb_linear.py``, ``cocotb_shiftadd.py``,
-``cocotb_attention.py``, ``cocotb_attention_linear.py``): driver, monitor, model, checker.
+"""The testbench base of the engine benches (:mod:`.linear`, :mod:`.shiftadd`,
+:mod:`.attention`, :mod:`.attention_linear`): driver, monitor, model, checker.
 
 A bench subclasses :class:`TB`, names its ports and implements four hooks: the control inputs
 of a job, its input beats, the golden model's outputs and the cycle model. The base owns clock

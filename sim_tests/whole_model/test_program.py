@@ -135,7 +135,7 @@ def test_minilm_whole_model_on_device():
     """all-MiniLM-L6-v2, all six layers, one real sentence on the simulated device of the
     whole-model configuration: bit-exact with the golden path, cosine ≥ 0.995 against float."""
     from amaformer.gen.model.minilm import load_minilm, load_sentences
-    from amaformer.gen.model_run import minilm_config
+    from amaformer.gen.minilm_presets import minilm_config
     lm = load_minilm()
     calib, held = load_sentences()
     cfg = minilm_config()

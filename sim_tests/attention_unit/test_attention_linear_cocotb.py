@@ -2,7 +2,7 @@
 """cocotb verification of the linear attention kernels' Verilog on Icarus, launched from pytest.
 
 One Verilog build per kernel, each with its depthwise convolution and running every test of
-``sim_tests/cocotb_attention_linear.py``: 1 token, token counts not a multiple of the lanes,
+:mod:`amaformer.gen.benches.attention_linear`: 1 token, token counts not a multiple of the lanes,
 d = 1, back-to-back jobs (``linear_causal``: a job continuing the previous one's sequence, then
 a clear), unstalled (exact cycle count), with random idle input cycles and output back-pressure
 and with the deterministic pause pattern, and an empty job. ``linear_angular``: lanes 2 with
@@ -17,7 +17,7 @@ import pytest
 
 from amaformer.hdl.attention_angular import LinearAngularAttention
 from amaformer.hdl.attention_linear import LinearCausalAttention
-from cocotb_run import run_bench
+from amaformer.gen.sim import run_bench
 
 needs_icarus = pytest.mark.skipif(shutil.which("iverilog") is None,
                                   reason="iverilog not installed (scripts/setup.sh installs it)")
@@ -38,7 +38,7 @@ def test_linear_attention_icarus(tmp_path_factory, params):
         args["max_context"] = args.pop("max_tokens")
         dut = LinearCausalAttention(**args)
     env = {"AMAFORMER_ATTENTION_LINEAR": json.dumps(params), "AMAFORMER_SEED": "1"}
-    passed, failures, names = run_bench("cocotb_attention_linear", dut,
+    passed, failures, names = run_bench("amaformer.gen.benches.attention_linear", dut,
                                         f"linear_{kind}_attention", build, env)
     assert not failures, failures
     assert passed == 4 * 2 + 3 + 3 + 1, names   # jobs (3 also paused), back-to-back, empty

@@ -2,10 +2,10 @@
 """cocotb verification of the linear engine's Verilog on Icarus, launched from pytest.
 
 One Verilog build per lanes value (small maxima so builds are quick), each running every test
-of ``sim_tests/cocotb_linear.py`` through :func:`amaformer.gen.sim.verify`: job shapes with
+of :mod:`amaformer.gen.benches.linear` through :func:`amaformer.gen.sim.verify`: job shapes with
 K = 1, prime K, N < lanes, N not a multiple of lanes, M = 1 and K = N = 64, unstalled (exact
 cycle count against ``gen.cost.linear_cycles``), with random idle input cycles and back-pressure
-and with the deterministic pause pattern (``cocotb_tb.FLOWS``); back-to-back jobs, reset mid-job,
+and with the deterministic pause pattern (:data:`amaformer.gen.benches.tb.FLOWS`); back-to-back jobs, reset mid-job,
 saturation and empty jobs.
 """
 

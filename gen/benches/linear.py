@@ -2,11 +2,11 @@
 
 The engine's parameters come from the environment variable ``AMAFORMER_LINEAR`` (a JSON object
 of :class:`amaformer.gen.config.LinearConfig` fields), the random seed from ``AMAFORMER_SEED``,
-and ``AMAFORMER_QUICK=1`` trims the case list. Launched by ``sim_tests/test_linear_cocotb.py``
+and ``AMAFORMER_QUICK=1`` trims the case list. Launched by ``sim_tests/linear_unit/test_linear_cocotb.py``
 (pytest) and by :func:`amaformer.gen.sim.verify` (``amaformer sim``); not run by pytest itself.
 
-The bench is a :class:`cocotb_tb.TB` (driver on ``x``, monitor and in-order checker on ``y``,
-pause patterns of :data:`cocotb_tb.FLOWS`). Expected outputs come from
+The bench is a :class:`.tb.TB` (driver on ``x``, monitor and in-order checker on ``y``,
+pause patterns of :data:`.tb.FLOWS`). Expected outputs come from
 :func:`amaformer.gen.golden.linear_mul`; cycle counts of unstalled jobs from
 :func:`amaformer.gen.cost.linear_cycles`.
 """
@@ -25,7 +25,7 @@ from amaformer.gen.cost import linear_cycles
 from amaformer.gen.golden import linear_mul
 from amaformer.hdl.linear_layout import pack_linear_weights
 from amaformer.gen.numerics import requant_params
-from cocotb_tb import LinearEngineTB
+from .tb import LinearEngineTB
 
 CFG = LinearConfig(**json.loads(os.environ.get("AMAFORMER_LINEAR", "{}")))
 QUICK = os.environ.get("AMAFORMER_QUICK", "0") == "1"
@@ -36,7 +36,7 @@ QUICK = os.environ.get("AMAFORMER_QUICK", "0") == "1"
 @dataclass
 class Job:
     """One ``M×K @ K×N`` job: int8 operands, per-column bias, multiplier and shift (int64);
-    its golden outputs, weight words and cycle model (for :class:`cocotb_tb.LinearEngineTB`)."""
+    its golden outputs, weight words and cycle model (for :class:`.tb.LinearEngineTB`)."""
     x: torch.Tensor
     w: torch.Tensor
     bias: torch.Tensor

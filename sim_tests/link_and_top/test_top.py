@@ -20,7 +20,7 @@ from amaformer.gen.config import AcceleratorConfig, LinearConfig
 from amaformer.gen.cost import linear_cycles
 from amaformer.gen.golden import linear_mul
 from amaformer.hdl import protocol as P
-from amaformer.gen.run import random_layer
+from amaformer.gen.layers import random_layer
 from amaformer.hdl.linear_unit import make_linear_engine
 from amaformer.hdl.memories import ByteMemory
 from amaformer.hdl.top import AcceleratorCore

@@ -12,7 +12,7 @@ from amaranth.lib import data
 
 from amaformer.gen.config import AcceleratorConfig, AttentionConfig, LinearConfig
 from amaformer.gen.golden import linear_mul
-from amaformer.gen.run import random_layer
+from amaformer.gen.layers import random_layer
 from amaformer.hdl import protocol as P
 from amaformer.hdl import registry
 from amaformer.hdl.common import MemWriteSignature

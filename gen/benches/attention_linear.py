@@ -6,11 +6,11 @@
 :class:`amaformer.hdl.attention_linear.LinearCausalAttention` against
 :func:`amaformer.gen.attention.attention_linear_causal`), ``lanes``, ``max_dim``, ``max_tokens``
 and ``conv_taps``; ``AMAFORMER_SEED`` the seed. Launched by
-``sim_tests/test_attention_linear_cocotb.py``; not collected by pytest itself.
+``sim_tests/attention_unit/test_attention_linear_cocotb.py``; not collected by pytest itself.
 
 Both kernels run with their depthwise convolution (random int8 weights, written once through
-``cw_wr``). The bench is a :class:`cocotb_tb.TB` (driver on ``qkv``, monitor and in-order checker
-on ``o``, pause patterns of :data:`cocotb_tb.FLOWS`). Unstalled jobs are also checked cycle for
+``cw_wr``). The bench is a :class:`.tb.TB` (driver on ``qkv``, monitor and in-order checker
+on ``o``, pause patterns of :data:`.tb.FLOWS`). Unstalled jobs are also checked cycle for
 cycle against the cycle models.
 """
 
@@ -25,7 +25,7 @@ from amaformer.gen.attention import attention_linear_angular, attention_linear_c
 from amaformer.gen.numerics import requant_params
 from amaformer.hdl.attention_angular import conv_weight_writes, linear_angular_job_cycles
 from amaformer.hdl.attention_linear import linear_causal_job_cycles
-from cocotb_tb import TB, labelled
+from .tb import TB, labelled
 
 PARAMS = json.loads(os.environ.get("AMAFORMER_ATTENTION_LINEAR", "{}"))
 KIND = PARAMS.get("kind", "angular")

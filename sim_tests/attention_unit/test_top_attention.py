@@ -129,7 +129,7 @@ def test_linear_and_attention_jobs_interleaved(sdev):
     """The linear engine and the attention unit share the memories and the job control."""
     from amaformer.gen.cost import linear_cycles
     from amaformer.gen.golden import linear_mul
-    from amaformer.gen.run import random_layer
+    from amaformer.gen.layers import random_layer
     for seed in (0, 1):
         x, w, b, mult, shift = random_layer(3, 8, 4, seed)
         y = sdev.unit("linear").linear(x, w, b, mult, shift)

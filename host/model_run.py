@@ -5,26 +5,15 @@ Figures (:func:`run_minilm` returns them as a dict, the CLI prints and writes th
 sentence embeddings' cosine against the float model (float64, the model's own forward), the
 cosine of each layer's hidden states, device cycles and link bytes per layer, the estimated
 time on the board (device cycles at the board's clock, and the link's time for the bytes at the
-UART's baud, as two separate figures), and the simulation's wall clock and backend.
+UART's baud, as two separate figures), and the simulation's wall clock and backend. With masks,
+every attention runs on the sparse-dense unit (:mod:`amaformer.gen.minilm_presets`).
 """
 
 import time
 
 import torch
 
-__all__ = ["MINILM_PRESET", "minilm_config", "run_minilm"]
-
-#: Configuration the whole model runs on by default (linear unit + softmax attention unit, the
-#: pair that fits the ULX3S-85F; README "Attention on the device").
-MINILM_PRESET = "ulx3s-85f"
-
-
-def minilm_config():
-    """The default whole-model configuration: the default linear unit (8 lanes, ``mul``) and a
-    softmax attention unit (12 heads of 32, 4 lanes) on the ULX3S-85F."""
-    from .config import AcceleratorConfig, AttentionConfig
-    return AcceleratorConfig(board=MINILM_PRESET,
-                             attention=AttentionConfig(mode="softmax", enabled=True))
+__all__ = ["run_minilm"]
 
 
 def _board_clock_hz(config, report=None):
@@ -41,29 +30,37 @@ def _board_clock_hz(config, report=None):
     return get_board(config.board).clock_mhz * 1e6, f"{config.board} clock"
 
 
-def run_minilm(sentences, config, device, *, report=None):
+def run_minilm(sentences, config, device, *, report=None, masks=None):
     """Compile all-MiniLM-L6-v2 for ``config`` and run ``sentences`` on ``device`` (an open
     :class:`~amaformer.host.Device`). Returns the figures as a dict (see the module docstring).
+    ``masks``: a mask file (``amaformer masks``) to run every attention on the sparse-dense unit
+    under; the figures then say so (``masks``) and add ``cosine_dense_attention``: the golden
+    path of the same program with dense (softmax) attention, against float (what is lost to
+    the integer arithmetic alone; the rest of the gap is the masks').
 
     Raises
     ------
     amaformer.gen.program.ProgramError, ValueError
         One line: the configuration lacks a unit, a sentence is too long for the device.
     """
-    from ..host.runtime import max_tokens, run_program
-    from .attention import cosine
-    from .model.exact import reference
-    from .model.minilm import load_minilm, load_sentences
-    from .program import compile_program
+    from ..gen.attention import cosine
+    from ..gen.model.exact import reference
+    from ..gen.model.minilm import load_minilm, load_sentences
+    from ..gen.program import compile_program
+    from .runtime import max_tokens, run_program
 
     lm = load_minilm()
     calib, _ = load_sentences()
     t0 = time.monotonic()
-    program = compile_program(lm.model, config, [lm.ids(s) for s in calib])
+    program = compile_program(lm.model, config, [lm.ids(s) for s in calib], masks=masks)
     compile_s = time.monotonic() - t0
     ids = [lm.ids(s) for s in sentences]
     limit = max_tokens(program, device)
     for s, i in zip(sentences, ids):
+        if program.mask_tokens is not None and len(i) > program.mask_tokens:
+            raise ValueError(f"sentence {s[:40]!r} has {len(i)} tokens; the masks are for at "
+                             f"most {program.mask_tokens} (amaformer masks --tokens "
+                             f"{len(i)} makes longer ones)")
         if len(i) > limit:
             raise ValueError(f"sentence {s[:40]!r} has {len(i)} tokens; this device takes at "
                              f"most {limit}")
@@ -100,6 +97,24 @@ def run_minilm(sentences, config, device, *, report=None):
         "compile_seconds": round(compile_s, 2),
         "sim_seconds": round(res.seconds, 3),
     }
+    if program.masks is not None:
+        keep = program.masks
+        crops = [program.layer_masks(li, len(i)) for i in ids
+                 for li in range(keep.shape[0])]
+        out["masks"] = {
+            "file": str(masks) if not hasattr(masks, "shape") else None,
+            "tokens": program.mask_tokens,
+            "sparsity": round(1.0 - float(keep.double().mean()), 6),
+            "sparsity_run": round(1.0 - sum(float(c.sum()) for c in crops)
+                                  / sum(c.numel() for c in crops), 6),
+            "meta": program.mask_meta,
+            "unit": {"dense_lanes": config.sparse_dense.dense_lanes,
+                     "sparse_lanes": config.sparse_dense.sparse_lanes},
+        }
+        from ..gen.model.exact import exact_forward
+        dense, _, _ = exact_forward(program.compiled, ids)
+        out["cosine_dense_attention"] = [round(cosine(program.graph.pool(h), r[0]), 6)
+                                         for h, r in zip(dense, refs)]
     if sim_cycles is not None:
         out.update(sim_backend=getattr(device.transport, "backend", "amaranth"),
                    sim_cycles=sim_cycles,

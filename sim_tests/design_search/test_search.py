@@ -71,7 +71,7 @@ def test_linear_jobs_follow_the_driver():
 
 
 def test_model_latency_composes_the_schedule():
-    from amaformer.gen.model_run import minilm_config
+    from amaformer.gen.minilm_presets import minilm_config
     cfg = minilm_config()
     r = model_latency(cfg, tokens=16)
     assert r.cycles == sum(r.per_op.values())

@@ -34,6 +34,7 @@ def test_spram_byte_memory(tmp_path, depth):
                  defines={"NO_ICE40_DEFAULT_ASSIGNMENTS": 1})
     results = runner.test(hdl_toplevel="bytemem", test_module="cocotb_top_spram",
                           test_dir=HERE, build_dir=tmp_path / "build",
+                          results_xml=str(tmp_path / "results.xml"),
                           extra_env={"BYTEMEM_DEPTH": str(depth), "BYTEMEM_SEED": "1"})
     from cocotb_tools.runner import get_results
     tests, fails = get_results(results)

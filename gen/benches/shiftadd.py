@@ -1,12 +1,12 @@
 """cocotb bench: the Verilog of the ``shift`` and ``bcq`` engines against the PyTorch golden models.
 
-Same environment interface as ``cocotb_linear.py``: ``AMAFORMER_LINEAR`` (JSON of
+Same environment interface as :mod:`.linear`: ``AMAFORMER_LINEAR`` (JSON of
 :class:`amaformer.gen.config.LinearConfig` fields, ``mode`` ``"shift"`` or ``"bcq"``),
-``AMAFORMER_SEED`` and ``AMAFORMER_QUICK``. Launched by ``sim_tests/test_shiftadd_cocotb.py``;
+``AMAFORMER_SEED`` and ``AMAFORMER_QUICK``. Launched by ``sim_tests/linear_unit/test_shiftadd_cocotb.py``;
 not run by pytest itself.
 
-The bench is a :class:`cocotb_tb.LinearEngineTB` (driver on ``x``, monitor and in-order checker
-on ``y``, pause patterns of :data:`cocotb_tb.FLOWS`). Expected outputs come from
+The bench is a :class:`.tb.LinearEngineTB` (driver on ``x``, monitor and in-order checker
+on ``y``, pause patterns of :data:`.tb.FLOWS`). Expected outputs come from
 :func:`amaformer.gen.golden.linear_shift` / :func:`~amaformer.gen.golden.linear_bcq`, cycle
 counts of unstalled jobs from :mod:`amaformer.gen.cost`.
 """
@@ -25,7 +25,7 @@ from amaformer.gen.golden import linear_bcq, linear_shift
 from amaformer.hdl.linear_layout import pack_bcq_weights, pack_shift_weights
 from amaformer.gen.numerics import requant_params
 from amaformer.gen.quant import round_pow2_sum
-from cocotb_tb import LinearEngineTB
+from .tb import LinearEngineTB
 
 CFG = LinearConfig(**json.loads(os.environ.get("AMAFORMER_LINEAR", '{"mode": "bcq"}')))
 QUICK = os.environ.get("AMAFORMER_QUICK", "0") == "1"
@@ -33,7 +33,7 @@ QUICK = os.environ.get("AMAFORMER_QUICK", "0") == "1"
 
 class Job:
     """An ``M×K @ K×N`` job in the configured encoding, with its golden outputs, weight words
-    and cycle model (for :class:`cocotb_tb.LinearEngineTB`)."""
+    and cycle model (for :class:`.tb.LinearEngineTB`)."""
 
     def __init__(self, gen, m, k, n, like=None):
         self.x = torch.randint(-128, 128, (m, k), generator=gen)
