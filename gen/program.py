@@ -33,10 +33,18 @@ Numerics (:data:`DEFAULT_NUMERICS`, measured in the README's "Whole model" secti
     and V are requantized by the host to one static scale per head for the attention unit.
     No hardware beyond today's linear and attention units is needed.
 
-Weight tiling
+Weight tiling, memory images and descriptors
     A layer's weights are written in tiles that fit the unit's weight buffer (columns) and its
-    ``max_k`` (rows); :meth:`Program.tiles` gives the tiles and the bytes each moves, the
-    runtime counts what really crossed the link.
+    ``max_k`` (rows). :meth:`Program.linear_tiles` holds every tile's memory images, packed at
+    compile time as the linear unit's ``weights`` and ``params`` spaces hold them (written at
+    word 0 and column 0 before the tile's jobs); :meth:`Program.linear_jobs` gives the jobs of
+    a sentence batch of ``M`` rows with their descriptors and allocated addresses (X at byte 0
+    of the activation memory, Y at byte 0 of the output memory: one job owns each memory at a
+    time), :meth:`Program.attention_layout` the attention job's (Q, K, V and the keep mask back
+    to back from byte 0 of the activation memory, the output at 0). The runtime writes these
+    images and runs these descriptors as they are; only activations are packed at run time.
+    :meth:`Program.tiles` gives the tiles and the words each moves, the runtime counts what
+    really crossed the link.
 """
 
 from dataclasses import dataclass, field
@@ -46,7 +54,8 @@ import torch
 from .model.exact import Encoding, Numerics, calibrate, compile_model
 from .model.graph import EncoderGraph, capture
 
-__all__ = ["DEFAULT_NUMERICS", "ProgramError", "Step", "Program", "compile_program",
+__all__ = ["DEFAULT_NUMERICS", "ProgramError", "Step", "LinearTile", "LinearJob", "Program",
+           "compile_program",
            "program_cycles", "ENCODING_SETS", "check_units",
            "encoding_for_config", "load_program_masks"]
 
@@ -78,6 +87,32 @@ ENCODING_SETS = {
     "mixE": ("bcq4 α/32: ffn_in, Q, K, V; mul: attn_out, ffn_out",
              {r: _BCQ4G32 for r in ("ffn_in", "query", "key", "value")}),
 }
+
+
+@dataclass(frozen=True)
+class LinearTile:
+    """One weight tile of a linear op: reduction rows ``k0:k1`` (one K chunk) and output
+    columns ``n0:n1``, with its memory images packed as the linear unit holds them:
+    ``weight_words`` for the ``weights`` space (written at word 0) and ``param_words``
+    (per-column bias and requantizer, :func:`~amaformer.hdl.linear_layout.pack_requant_params`)
+    for the ``params`` space (column 0)."""
+    op: str
+    k0: int
+    k1: int
+    n0: int
+    n1: int
+    weight_words: tuple = field(repr=False)
+    param_words: tuple = field(repr=False)
+
+
+@dataclass(frozen=True)
+class LinearJob:
+    """One ``RUN`` of the linear unit: rows ``r0:r1`` of the chunk's input through
+    ``tiles[tile]``, with its descriptor (``m, k, n, x_addr, y_addr``)."""
+    tile: int
+    r0: int
+    r1: int
+    descriptor: dict
 
 
 class ProgramError(ValueError):
@@ -267,20 +302,65 @@ class Program:
                 out[s.where].append(kind)
         return out
 
+    def linear_tiles(self, name):
+        """The :class:`LinearTile` objects of linear op ``name`` (module path), in run order: per K
+        chunk, the column tiles of :func:`~amaformer.hdl.linear_spec.job_tiles` (weights that
+        fit the buffer for that K), their memory images packed once and kept."""
+        key = ("tiles", name)
+        if key not in self._plans:
+            from ..hdl.linear_layout import pack_engine_weights, pack_requant_params
+            from ..hdl.linear_spec import job_tiles
+            ql, lin = self.compiled.ops[name], self.config.linear
+            inputs = lin.shift_inputs if lin.mode == "shift" else 1
+            tiles = []
+            for k0, k1, w, bias, mult, shift in ql.chunks():
+                w = w.matrix() if hasattr(w, "matrix") else w
+                n = ql.op.out_features
+                _, _, cols = job_tiles(1, k1 - k0, n, max_m=1, max_n=lin.max_n_for_k(k1 - k0),
+                                       act_depth=k1 - k0, out_depth=n)
+                for _, _, c0, c1 in cols:
+                    tiles.append(LinearTile(
+                        name, k0, k1, c0, c1,
+                        tuple(pack_engine_weights(lin.mode, w[:, c0:c1], lin.lanes,
+                                                  lin.weight_code_bits, inputs=inputs)),
+                        tuple(pack_requant_params(bias[c0:c1], mult[c0:c1], shift[c0:c1]))))
+            self._plans[key] = tiles
+        return self._plans[key]
+
+    def linear_jobs(self, name, m, *, act_depth, out_depth):
+        """The jobs of linear op ``name`` on ``m`` input rows (all sentences' tokens) on a top
+        with these memories: ``{(k0, k1): [LinearJob, ...]}`` per K chunk, in run order
+        (column tile outer, as :func:`~amaformer.hdl.linear_spec.job_tiles`), indices into
+        :meth:`linear_tiles`. Addresses: X at byte 0 of the activation memory, Y at 0 of the
+        output memory."""
+        from ..hdl.linear_spec import job_tiles
+        lin = self.config.linear
+        tiles = self.linear_tiles(name)
+        out = {}
+        for k0, k1 in self.compiled.ops[name].k_chunks:
+            k, index = k1 - k0, {(t.n0, t.n1): i for i, t in enumerate(tiles)
+                                 if (t.k0, t.k1) == (k0, k1)}
+            _, _, runs = job_tiles(m, k, self.compiled.ops[name].op.out_features,
+                                   max_m=lin.max_m, max_n=lin.max_n_for_k(k),
+                                   act_depth=act_depth, out_depth=out_depth)
+            out[(k0, k1)] = [LinearJob(index[(c0, c1)], r0, r1,
+                                       dict(m=r1 - r0, k=k, n=c1 - c0, x_addr=0, y_addr=0))
+                             for r0, r1, c0, c1 in runs]
+        return out
+
+    def attention_layout(self, layer, tokens):
+        """Byte addresses of ``layer``'s softmax attention job on ``tokens`` tokens: Q, K, V
+        (``heads×tokens×head_dim`` int8 each) and the keep mask back to back from 0 of the
+        activation memory, the output at 0 of the output memory (the attention driver's
+        descriptor fields)."""
+        ly = self.graph.layers[layer]
+        size = ly.heads * tokens * ly.head_dim
+        return dict(q_addr=0, k_addr=size, v_addr=2 * size, mask_addr=3 * size, o_addr=0)
+
     def tiles(self, name):
         """Weight tiles of linear op ``name`` (module path): ``[(k0, k1, n0, n1, words)]``, as
-        the linear driver writes them (columns in tiles that fit the weight buffer, rows in
-        the op's K chunks), with the weight-buffer words of each."""
-        ql = self.compiled.ops[name]
-        lin = self.config.linear
-        out = []
-        n = ql.op.out_features
-        for k0, k1 in ql.k_chunks:
-            n_tile = max(1, min(n, lin.max_n_for_k(k1 - k0)))
-            for n0 in range(0, n, n_tile):
-                n1 = min(n, n0 + n_tile)
-                out.append((k0, k1, n0, n1, lin.weight_words(k1 - k0, n1 - n0)))
-        return out
+        the runtime writes them (:meth:`linear_tiles`), with the weight-buffer words of each."""
+        return [(t.k0, t.k1, t.n0, t.n1, len(t.weight_words)) for t in self.linear_tiles(name)]
 
 
 def program_cycles(program, lengths, *, act_depth, out_depth):

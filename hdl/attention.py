@@ -24,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from .attention_units import Exp2Unit, ReciprocalUnit, rshift_round
-from .common import MemWriteSignature, check_int, drive_write_port, lane_memories
+from .common import MemWriteSignature, check_int, drive_write_port, job_ports, lane_memories
 from .linear import lut_multiply
 
 __all__ = ["SoftmaxAttention", "HeadParams", "kv_layout", "softmax_cycle_model"]
@@ -146,12 +146,7 @@ class SoftmaxAttention(wiring.Component):
             "q":      In(stream.Signature(signed(8))),
             "kv":     In(stream.Signature(kv_layout(lanes))),
             "o":      Out(stream.Signature(signed(8))),
-            "start":  In(1),
-            "heads":  In(range(max_heads + 1)),
-            "tokens": In(range(max_tokens + 1)),
-            "dim":    In(range(max_dim + 1)),
-            "busy":   Out(1),
-            "done":   Out(1),
+            **job_ports(heads=max_heads, tokens=max_tokens, dim=max_dim),
             "hp_wr":  In(MemWriteSignature(max_heads, HeadParams.size)),
         })
 

@@ -14,7 +14,7 @@ from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
 from .attention_conv import (LinearKernel, accept_job, conv_mac, conv_memories, count_lanes,
-                             sweep_groups)
+                             count_to, load_elements, sweep_groups)
 from .attention_units import RsqrtUnit, rshift_round
 from .common import check_int, lane_memories
 
@@ -127,23 +127,20 @@ class LinearAngularAttention(LinearKernel):
 
     def __init__(self, *, lanes=4, max_dim=32, max_tokens=256, conv_taps=0,
                  rsqrt_table_bits=7, rsqrt_frac_bits=7, lut_macs=False):
-        check_int("lanes", lanes, 1, 64)
-        check_int("max_dim", max_dim, 1, 256)
-        check_int("max_tokens", max_tokens, 1, 1 << 16)
-        check_int("conv_taps", conv_taps, 0, 64)
-        check_int("rsqrt_table_bits", rsqrt_table_bits, 2, 12)
-        check_int("rsqrt_frac_bits", rsqrt_frac_bits, 0, 16)
+        for name, value, lo, hi in (("lanes", lanes, 1, 64), ("max_dim", max_dim, 1, 256),
+                                    ("max_tokens", max_tokens, 1, 1 << 16),
+                                    ("conv_taps", conv_taps, 0, 64),
+                                    ("rsqrt_table_bits", rsqrt_table_bits, 2, 12),
+                                    ("rsqrt_frac_bits", rsqrt_frac_bits, 0, 16)):
+            check_int(name, value, lo, hi)
         if lanes > max_dim:
             raise ValueError(f"lanes must be at most max_dim ({max_dim}), not {lanes!r}")
         if conv_taps > max_tokens:
             raise ValueError(f"conv_taps must be at most max_tokens ({max_tokens}), "
                              f"not {conv_taps!r}")
-        self.lanes = lanes
-        self.max_dim = max_dim
-        self.max_tokens = max_tokens
-        self.conv_taps = conv_taps
-        self.rsqrt_table_bits = rsqrt_table_bits
-        self.rsqrt_frac_bits = rsqrt_frac_bits
+        self.lanes, self.max_dim, self.max_tokens, self.conv_taps = (lanes, max_dim, max_tokens,
+                                                                     conv_taps)
+        self.rsqrt_table_bits, self.rsqrt_frac_bits = rsqrt_table_bits, rsqrt_frac_bits
         self.lut_macs = bool(lut_macs)
         self.g_bits = 16 + ceil_log2(max_tokens)
         self.num_bits = self.g_bits + 8 + ceil_log2(max_dim)
@@ -351,26 +348,19 @@ class LinearAngularAttention(LinearKernel):
                                  grp_of.eq(0)]
                     accept_job(m, self, (cm, csh) if TAPS else None, "LOAD")
             with m.State("LOAD"):
-                m.d.comb += self.qkv.ready.eq(1)
-                with m.If(load_fire):
-                    count_lanes(m, li, lane_of, grp_of, L)
-                    with m.If(li == dm1):
-                        m.d.sync += rc.eq(0)
-                        m.next = "RSQRT"
+                with m.If(load_elements(m, self, load_fire, li, lane_of, grp_of, L, dm1)):
+                    m.d.sync += rc.eq(0)
+                    m.next = "RSQRT"
             with m.State("RSQRT"):
-                m.d.sync += rc.eq(rc + 1)
-                with m.If(rc == RsqrtUnit.LATENCY):
+                with m.If(count_to(m, rc, RsqrtUnit.LATENCY)):
                     m.d.sync += [r_reg.eq(rsq.r), s_reg.eq(rsq.s), mg.eq(0), mi.eq(0)]
                     m.d.sync += imax.eq(Mux(t_valid & (dm1 < TAPS - 1), TAPS - 1, dm1)
                                         if TAPS else dm1)
                     m.next = "MAC"
             with m.State("MAC"):
-                with m.If(sweep_groups(m, in_mac, mi, imax, mg, groups_m1)):
-                    m.d.sync += dc.eq(0)
-                    m.next = "DRAIN"
+                sweep_groups(m, in_mac, mi, imax, mg, groups_m1, then="DRAIN", clear=dc)
             with m.State("DRAIN"):
-                m.d.sync += dc.eq(dc + 1)
-                with m.If(dc == MAC_DRAIN - 1):
+                with m.If(count_to(m, dc, MAC_DRAIN - 1)):
                     m.d.sync += [oj.eq(0), oj_lane.eq(0), oj_grp.eq(0)]
                     with m.If(t_valid):
                         m.next = "OUT"

@@ -9,10 +9,11 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .attention_spec import conv_bank_bits
-from .common import MemWriteSignature
+from .common import MemWriteSignature, job_ports
 from .linear import lut_multiply
 
-__all__ = ["LinearKernel", "kernel_ports", "conv_ports", "accept_job", "count_lanes", "sweep_groups", "conv_memories", "conv_mac"]
+__all__ = ["LinearKernel", "kernel_ports", "conv_ports", "accept_job", "load_elements", "count_lanes", "sweep_groups",
+           "count_to", "conv_memories", "conv_mac"]
 
 
 class LinearKernel(wiring.Component):
@@ -56,11 +57,7 @@ def kernel_ports(max_tokens, max_dim):
         "qkv":    In(stream.Signature(data.StructLayout(
             {"q": signed(8), "k": signed(8), "v": signed(8)}))),
         "o":      Out(stream.Signature(signed(8))),
-        "start":  In(1),
-        "tokens": In(range(max_tokens + 1)),
-        "dim":    In(range(max_dim + 1)),
-        "busy":   Out(1),
-        "done":   Out(1),
+        **job_ports(tokens=max_tokens, dim=max_dim),
     }
 
 
@@ -90,6 +87,17 @@ def accept_job(m, kernel, conv_regs, next_state):
         m.next = next_state
 
 
+def load_elements(m, kernel, fire, flat, lane, group, lanes, last):
+    """The load phase: ``qkv`` ready; every accepted element (``fire``) advances the element
+    counters (:func:`count_lanes`). Returns the condition "the last element (``flat ==
+    last``) is accepted this cycle" for the caller's next state (its assignments win over the
+    counters')."""
+    m.d.comb += kernel.qkv.ready.eq(1)
+    with m.If(fire):
+        count_lanes(m, flat, lane, group, lanes)
+    return fire & (flat == last)
+
+
 def count_lanes(m, flat, lane, group, lanes):
     """One step of an element counter over lane groups: ``flat`` counts elements, ``lane``
     (0 to ``lanes - 1``) and ``group`` say where the element sits (synchronous)."""
@@ -98,16 +106,25 @@ def count_lanes(m, flat, lane, group, lanes):
         m.d.sync += [lane.eq(0), group.eq(group + 1)]
 
 
-def sweep_groups(m, active, inner, inner_max, group, last_group):
+def sweep_groups(m, active, inner, inner_max, group, last_group, *, then, clear):
     """One cycle of a sweep over lane groups (``active`` high, combinationally): ``inner``
-    counts 0 to ``inner_max`` within a group, then ``group`` advances (synchronous). Returns the
-    condition "this cycle is the last of the last group" (``group == last_group``) for the
-    caller's next state."""
+    counts 0 to ``inner_max`` within a group, then ``group`` advances (synchronous). After the
+    last cycle of group ``last_group`` the FSM goes to state ``then`` with ``clear`` zeroed
+    (the next state's cycle counter)."""
     m.d.comb += active.eq(1)
     m.d.sync += inner.eq(inner + 1)
     with m.If(inner == inner_max):
         m.d.sync += [inner.eq(0), group.eq(group + 1)]
-    return (inner == inner_max) & (group == last_group)
+        with m.If(group == last_group):
+            m.d.sync += clear.eq(0)
+            m.next = then
+
+
+def count_to(m, counter, last):
+    """Advance ``counter`` (synchronous); returns the condition ``counter == last`` (a wait of
+    ``last + 1`` cycles from zero)."""
+    m.d.sync += counter.eq(counter + 1)
+    return counter == last
 
 
 def conv_memories(m, cw_wr, *, taps, lanes, max_dim, groups, conv_width):

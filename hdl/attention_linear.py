@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In
 from amaranth.utils import ceil_log2
 
 from .attention_conv import (LinearKernel, accept_job, conv_mac, conv_memories, count_lanes,
-                             sweep_groups)
+                             count_to, load_elements, sweep_groups)
 from .attention_units import ReciprocalUnit, rshift_round
 from .common import check_int, lane_memories
 from .linear import lut_multiply
@@ -335,23 +335,15 @@ class LinearCausalAttention(LinearKernel):
                         m.d.sync += [clearing.eq(1), hist.eq(0)]
                     accept_job(m, self, (cm, csh) if TAPS else None, "LOAD")
             with m.State("LOAD"):
-                m.d.comb += self.qkv.ready.eq(1)
-                with m.If(load_fire):
-                    count_lanes(m, li, lane_of, grp_of, L)
-                    with m.If(li == dm1):
-                        m.d.sync += [li.eq(0), lane_of.eq(0), grp_of.eq(0), ui.eq(0),
-                                     ug.eq(0), umax.eq(dm1)]
-                        if TAPS:
-                            m.d.sync += umax.eq(Mux(dm1 < TAPS, TAPS, dm1))
-                        m.next = "UPDATE"
+                with m.If(load_elements(m, self, load_fire, li, lane_of, grp_of, L, dm1)):
+                    m.d.sync += [li.eq(0), lane_of.eq(0), grp_of.eq(0), ui.eq(0), ug.eq(0),
+                                 umax.eq(Mux(dm1 < TAPS, TAPS, dm1) if TAPS else dm1)]
+                    m.next = "UPDATE"
             with m.State("UPDATE"):
-                with m.If(sweep_groups(m, in_update, ui, umax, ug, groups_m1)):
-                    m.d.sync += rc.eq(0)
-                    m.next = "RECIP"
+                sweep_groups(m, in_update, ui, umax, ug, groups_m1, then="RECIP", clear=rc)
             with m.State("RECIP"):
                 # den is final 3 cycles after the last issue; the reciprocal takes LATENCY
-                m.d.sync += rc.eq(rc + 1)
-                with m.If(rc == ReciprocalUnit.LATENCY + 2):
+                with m.If(count_to(m, rc, ReciprocalUnit.LATENCY + 2)):
                     m.d.sync += [r_reg.eq(recip.r), e_reg.eq(recip.e), clearing.eq(0),
                                  oj.eq(0), oj_lane.eq(0), oj_grp.eq(0)]
                     if TAPS:

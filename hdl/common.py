@@ -4,7 +4,7 @@ from amaranth import *
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["check_int", "drive_write_port", "lane_memories", "linear_engine_ports",
+__all__ = ["check_int", "drive_write_port", "job_ports", "lane_memories", "linear_engine_ports",
            "params_memory",
            "MemWriteSignature", "RequantParams", "Requantizer"]
 
@@ -46,6 +46,14 @@ def lane_memories(m, count, name, shape, depth):
     return reads, writes
 
 
+def job_ports(**sizes):
+    """The job control members every engine has: ``start`` in (one cycle), one
+    ``In(range(largest + 1))`` per named job size (``m=max_m``, ``tokens=max_tokens``, ...), read
+    on ``start``, and ``busy`` and ``done`` (one cycle) out."""
+    return {"start": In(1), **{name: In(range(hi + 1)) for name, hi in sizes.items()},
+            "busy": Out(1), "done": Out(1)}
+
+
 def linear_engine_ports(*, act_bits, max_m, max_k, max_n, weight_depth, weight_word,
                         weight_granularity):
     """Signature members shared by every linear engine (``mul``, ``shift``, ``bcq``), so that
@@ -59,12 +67,7 @@ def linear_engine_ports(*, act_bits, max_m, max_k, max_n, weight_depth, weight_w
     return {
         "x":     In(stream.Signature(signed(act_bits))),
         "y":     Out(stream.Signature(signed(act_bits))),
-        "start": In(1),
-        "m":     In(range(max_m + 1)),
-        "k":     In(range(max_k + 1)),
-        "n":     In(range(max_n + 1)),
-        "busy":  Out(1),
-        "done":  Out(1),
+        **job_ports(m=max_m, k=max_k, n=max_n),
         "w_wr":  In(MemWriteSignature(weight_depth, weight_word, weight_granularity)),
         "p_wr":  In(MemWriteSignature(max_n, RequantParams.size)),
     }

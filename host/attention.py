@@ -20,16 +20,11 @@ class AttentionDriver(UnitDriver):
         ``"softmax"``, ``"linear_causal"`` or ``"linear_angular"``.
     """
 
-    kind = S.ATTENTION
-    modes = S.MODE_CODES
+    kind, modes, section = S.ATTENTION, S.MODE_CODES, "attention"
 
     @classmethod
-    def expected(cls, config):
-        att = getattr(config, "attention", None)
-        if att is None or not getattr(att, "enabled", False):
-            return []
-        return [{"mode": S.MODE_CODES.get(att.mode), "heads": att.heads,
-                 "head_dim": att.head_dim, "max_tokens": att.max_tokens}]
+    def record_fields(cls, att):
+        return dict(heads=att.heads, head_dim=att.head_dim, max_tokens=att.max_tokens)
 
     def write_head_params(self, out_mult, out_shift, score_mult=None, score_shift=None):
         """Write the per-head parameters (:data:`~amaformer.hdl.attention_spec.HEAD_PARAM_FIELDS`) of
@@ -89,7 +84,7 @@ class AttentionDriver(UnitDriver):
 
     def attention(self, q, k, v, out_mult, out_shift, *, score_mult=None, score_shift=None,
                   half_mult=None, half_shift=None, conv_w=None, conv_mult=0, conv_shift=0,
-                  mask=None, cont=False, as_tensor=None):
+                  mask=None, cont=False, layout=None, as_tensor=None):
         """Multi-head attention on the device, one ``RUN`` job.
 
         Parameters
@@ -114,6 +109,11 @@ class AttentionDriver(UnitDriver):
             The convolution's scale per head; ``conv_mult = 0`` turns it off.
         cont : bool
             ``linear_causal``, one head: continue the sequence of the previous job.
+        layout : dict or None
+            Byte addresses ``q_addr``, ``k_addr``, ``v_addr``, ``mask_addr`` (activation
+            memory) and ``o_addr`` (output memory), as a compiled program allocates them
+            (:meth:`amaformer.gen.program.Program.attention_layout`); ``None``: Q, K, V and the
+            mask back to back from 0, the output at 0.
         as_tensor : bool or None
             Return a torch tensor; ``None``: when ``q`` is one.
 
@@ -182,24 +182,35 @@ class AttentionDriver(UnitDriver):
             raise ValueError(f"mask must be None or 'causal' for {self.mode} attention, "
                              f"not {mask!r}")
         size = h * n * d
-        need = 3 * size + len(image)
+        packed = dict(q_addr=0, k_addr=size, v_addr=2 * size, mask_addr=3 * size, o_addr=0)
+        lay = packed | dict(layout or {})
+        need = max(lay["q_addr"] + size, lay["k_addr"] + size, lay["v_addr"] + size,
+                   lay["mask_addr"] + len(image))
         if need > dev.info.act_depth:
             raise ValueError(f"Q, K, V and the mask ({need} bytes) must fit the activation "
                              f"memory ({dev.info.act_depth} bytes)")
-        if size > dev.info.out_depth:
-            raise ValueError(f"the output ({size} bytes) must fit the output memory "
-                             f"({dev.info.out_depth} bytes)")
+        if lay["o_addr"] + size > dev.info.out_depth:
+            raise ValueError(f"the output ({size} bytes at {lay['o_addr']}) must fit the "
+                             f"output memory ({dev.info.out_depth} bytes)")
         def per_head(x, name):
             return None if x is None else np.broadcast_to(as_int_array(x, name, None), (h,))
         self.write_head_params(per_head(out_mult, "out_mult"), per_head(out_shift, "out_shift"),
                                per_head(score_mult, "score_mult"),
                                per_head(score_shift, "score_shift"))
-        blob = b"".join(t.astype(np.int8).tobytes() for t in (q, k, v)) + image
-        dev.write_memory(P.Space.ACT, 0, blob)
-        dev.job_cycles = [self.run_attention(h, n, d, q_addr=0, k_addr=size, v_addr=2 * size,
-                                              mask=kind, mask_addr=3 * size, cont=cont)]
+        parts = [(lay[a], t.astype(np.int8).tobytes())
+                 for a, t in (("q_addr", q), ("k_addr", k), ("v_addr", v))]
+        parts.append((lay["mask_addr"], image))
+        if lay == packed:                      # one write when the parts are back to back
+            parts = [(0, b"".join(data for _, data in parts))]
+        for addr, data in parts:
+            if data:
+                dev.write_memory(P.Space.ACT, addr, data)
+        dev.job_cycles = [self.run_attention(h, n, d, q_addr=lay["q_addr"],
+                                              k_addr=lay["k_addr"], v_addr=lay["v_addr"],
+                                              o_addr=lay["o_addr"], mask=kind,
+                                              mask_addr=lay["mask_addr"], cont=cont)]
         dev.last_cycles = dev.job_cycles[0]
-        y = np.frombuffer(dev.read_memory(P.Space.OUT, 0, size), dtype=np.int8)
+        y = np.frombuffer(dev.read_memory(P.Space.OUT, lay["o_addr"], size), dtype=np.int8)
         y = y.reshape(h, n, d).copy()
         if squeeze:
             y = y[0]

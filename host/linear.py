@@ -10,6 +10,22 @@ from .units import UnitDriver
 __all__ = ["LinearDriver"]
 
 
+class _Tile:
+    """A weight tile packed at run time (:meth:`LinearDriver.linear`): the images of the
+    ``weights`` and ``params`` spaces and its output columns ``n0:n1``."""
+
+    def __init__(self, weight_words, param_words, n0, n1):
+        self.weight_words, self.param_words, self.n0, self.n1 = (weight_words, param_words,
+                                                                 n0, n1)
+
+
+class _Job:
+    """A job of :meth:`LinearDriver.linear`: its tile's key, rows ``r0:r1``, descriptor."""
+
+    def __init__(self, tile, r0, r1, descriptor):
+        self.tile, self.r0, self.r1, self.descriptor = tile, r0, r1, descriptor
+
+
 class LinearDriver(UnitDriver):
     """``Y = requant(X·W + b)`` on a linear unit: ``dev.unit("linear")``.
 
@@ -19,19 +35,14 @@ class LinearDriver(UnitDriver):
         ``"mul"``, ``"shift"`` or ``"bcq"``.
     """
 
-    kind = S.LINEAR
-    modes = S.MODE_CODES
+    kind, modes, section, enabled_by_default = S.LINEAR, S.MODE_CODES, "linear", True
 
     @classmethod
-    def expected(cls, config):
-        lin = getattr(config, "linear", None)
-        if lin is None or not getattr(lin, "enabled", True):
-            return []
-        return [{"mode": S.MODE_CODES.get(lin.mode), "lanes": lin.lanes,
-                 "act_bits": lin.act_bits, "weight_bits": lin.weight_code_bits,
-                 "max_k": lin.max_k, "max_n": lin.max_n, "max_m": lin.max_m,
-                 "weight_depth": lin.weight_depth,
-                 "lin_inputs": getattr(lin, "shift_inputs", 1) if lin.mode == "shift" else 1}]
+    def record_fields(cls, lin):
+        return dict(lanes=lin.lanes, act_bits=lin.act_bits, weight_bits=lin.weight_code_bits,
+                    max_k=lin.max_k, max_n=lin.max_n, max_m=lin.max_m,
+                    weight_depth=lin.weight_depth,
+                    lin_inputs=lin.shift_inputs if lin.mode == "shift" else 1)
 
     def max_n_for_k(self, k):
         """Largest job N whose weights fit the buffer for reduction length ``k``."""
@@ -112,25 +123,53 @@ class LinearDriver(UnitDriver):
         if self.max_n_for_k(K) < 1:
             raise ValueError(f"K = {K} does not fit the weight buffer "
                              f"({info.weight_depth} words)")
-        m_tile, _, tiles = S.job_tiles(M, K, N, max_m=info.max_m, max_n=self.max_n_for_k(K),
-                                       act_depth=dev.info.act_depth,
-                                       out_depth=dev.info.out_depth)
-        y = np.zeros((M, N), dtype=np.int8)
-        dev.job_cycles = []
-        if m_tile == M:
-            dev.write_activations(x)
-        loaded = None
-        for r0, r1, c0, c1 in tiles:
-            if loaded != (c0, c1):
-                self.load_weights(w[:, c0:c1], bias[c0:c1], mult[c0:c1], shift[c0:c1])
-                loaded = (c0, c1)
-            if m_tile != M:
-                dev.write_activations(x[r0:r1])
-            dev.job_cycles.append(self.run(r1 - r0, K, c1 - c0))
-            y[r0:r1, c0:c1] = dev.read_outputs(r1 - r0, c1 - c0)
-        dev.last_cycles = sum(dev.job_cycles)
+        _, _, runs = S.job_tiles(M, K, N, max_m=info.max_m, max_n=self.max_n_for_k(K),
+                                 act_depth=dev.info.act_depth, out_depth=dev.info.out_depth)
+        tiles, jobs = {}, []
+        for r0, r1, c0, c1 in runs:
+            if (c0, c1) not in tiles:
+                tiles[(c0, c1)] = _Tile(
+                    pack_engine_weights(self.mode, w[:, c0:c1], info.lanes, info.weight_bits,
+                                        inputs=info.lin_inputs),
+                    pack_requant_params(bias[c0:c1], mult[c0:c1], shift[c0:c1]), c0, c1)
+            jobs.append(_Job((c0, c1), r0, r1, dict(m=r1 - r0, k=K, n=c1 - c0, x_addr=0,
+                                                    y_addr=0)))
+        y = self.run_jobs(x, tiles, jobs)
         if as_tensor:
             import torch
             return torch.from_numpy(y)
         return y
 
+    def run_jobs(self, x, tiles, jobs):
+        """Run prepared jobs on the ``M×K`` integer input ``x``: each job's tile
+        (``tiles[job.tile]``: ``weight_words`` and ``param_words``, the ``weights`` and
+        ``params`` spaces' images, written at word 0 when the tile changes), the job's rows
+        ``x[job.r0:job.r1]`` (written at the descriptor's ``x_addr`` when they change), its
+        descriptor (``m, k, n, x_addr, y_addr``) and the ``m×n`` int8 result read back into
+        columns ``n0:n1`` of the tile. Returns ``M×N`` int8 (``N``: the tiles' last column);
+        ``last_cycles`` and ``job_cycles`` as :meth:`linear`.
+
+        :meth:`linear` packs its tiles here at run time; the whole-model runtime passes the
+        compiled program's (:meth:`amaformer.gen.program.Program.linear_tiles`,
+        :meth:`~amaformer.gen.program.Program.linear_jobs`).
+        """
+        info, dev = self.info, self.device
+        x = as_int_array(x, "x", 2)
+        n_out = max(tiles[j.tile].n1 for j in jobs) if jobs else 0
+        y = np.zeros((x.shape[0], n_out), dtype=np.int8)
+        dev.job_cycles = []
+        loaded = rows = None
+        for job in jobs:
+            tile, d = tiles[job.tile], job.descriptor
+            if loaded != job.tile:
+                self.write_space("weights", tile.weight_words, info.weight_word_bytes, 0)
+                self.write_space("params", tile.param_words, info.param_word_bytes, 0)
+                loaded = job.tile
+            if rows != (job.r0, job.r1):
+                dev.write_activations(x[job.r0:job.r1], d["x_addr"])
+                rows = (job.r0, job.r1)
+            est = d["m"] * -(-d["k"] // info.lin_inputs) * -(-d["n"] // info.lanes)
+            dev.job_cycles.append(self.run_descriptor(d, expected_cycles=est))
+            y[job.r0:job.r1, tile.n0:tile.n1] = dev.read_outputs(d["m"], d["n"], d["y_addr"])
+        dev.last_cycles = sum(dev.job_cycles)
+        return y

@@ -3,8 +3,12 @@
 The host's part of the model (embeddings, per-token quantization and scaling, LayerNorm,
 activation, residuals, pooling) is the very code of :func:`amaformer.gen.model.exact.
 exact_forward`; only the device parts change hands: each linear op's jobs go to the linear
-unit (``dev.unit("linear").linear``, which tiles the weights to fit its buffer) and each
-attention to the attention unit, or, for a program compiled with fixed masks, to the
+unit as the program compiled them (its weight and parameter memory images and its job
+descriptors with allocated addresses, :meth:`~amaformer.gen.program.Program.linear_tiles` and
+:meth:`~amaformer.gen.program.Program.linear_jobs`, run by ``dev.unit("linear").run_jobs``;
+only the activations are packed here) and each attention to the attention unit at the
+program's addresses (:meth:`~amaformer.gen.program.Program.attention_layout`), or, for a
+program compiled with fixed masks, to the
 sparse-dense unit (``dev.unit("sparse_dense").attention`` under the layer's masks cropped to the
 sentence, :meth:`~amaformer.gen.program.Program.layer_masks`). So a run on a correct device
 returns exactly what the golden path computes, bit for bit, and :func:`run_program` can be
@@ -130,10 +134,13 @@ class DeviceExecutor:
         before = (self._counter.written, self._counter.read_bytes)
         y = None
         cycles = jobs = 0
-        for x, w, bias, mult, shift in ql.jobs(x_q):
-            w_dev = w.matrix() if hasattr(w, "matrix") else w
-            part = self.lin.linear(x, w_dev, bias, mult, shift, as_tensor=True).to(torch.int64)
-            y = part if y is None else y + part
+        name, info = ql.op.name, self.device.info
+        tiles = self.program.linear_tiles(name)
+        chunks = self.program.linear_jobs(name, x_q.shape[0], act_depth=info.act_depth,
+                                          out_depth=info.out_depth)
+        for (k0, k1), chunk_jobs in chunks.items():
+            part = torch.from_numpy(self.lin.run_jobs(x_q[:, k0:k1], tiles, chunk_jobs))
+            y = part.to(torch.int64) if y is None else y + part.to(torch.int64)
             cycles += self.device.last_cycles
             jobs += len(self.device.job_cycles)
         t = self._account(ql.op.layer, before)
@@ -154,7 +161,8 @@ class DeviceExecutor:
             y = self.sd.attention(q, k, v, params, keep, as_tensor=True)
         else:
             y = self.att.attention(q, k, v, out_mult, out_shift, score_mult=score_mult,
-                                   score_shift=score_shift, as_tensor=True)
+                                   score_shift=score_shift, as_tensor=True,
+                                   layout=self.program.attention_layout(layer, q.shape[-2]))
         t = self._account(layer, before)
         t.attention_cycles += self.device.last_cycles
         t.attention_jobs += 1

@@ -41,15 +41,13 @@ class SparseDenseDriver(UnitDriver):
         self.last_job = None
         self.last_plans = None
 
+    section = "sparse_dense"
+
     @classmethod
-    def expected(cls, config):
-        sd = getattr(config, "sparse_dense", None)
-        if sd is None or not getattr(sd, "enabled", False):
-            return []
-        return [{"dense_lanes": sd.dense_lanes, "sparse_lanes": sd.sparse_lanes,
-                 "heads": sd.heads, "head_dim": sd.head_dim, "max_tokens": sd.max_tokens,
-                 "dense_depth": sd.dense_depth, "sparse_depth": sd.sparse_depth,
-                 "qkv_buffers": sd.qkv_buffers}]
+    def record_fields(cls, sd):
+        return {name: getattr(sd, name) for name in (
+            "dense_lanes", "sparse_lanes", "heads", "head_dim", "max_tokens", "dense_depth",
+            "sparse_depth", "qkv_buffers")}
 
     # ------------------------------------------------------------------ compiler side
     def masks(self, masks, *, layer=0, heads=None):

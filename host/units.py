@@ -16,8 +16,9 @@ class UnitDriver:
     info : UnitInfo
         The unit's row of the ``IDENT`` table.
 
-    Subclasses set :attr:`kind` (the :class:`~amaformer.hdl.registry.UnitKind`) and, when the
-    record has a ``mode`` field, :attr:`modes` (name → code); they implement :meth:`expected`.
+    Subclasses set :attr:`kind` (the :class:`~amaformer.hdl.registry.UnitKind`), their
+    configuration :attr:`section` and, when the record has a ``mode`` field, :attr:`modes`
+    (name → code); they implement :meth:`record_fields` (or :meth:`expected`).
 
     Members
     -------
@@ -35,10 +36,28 @@ class UnitDriver:
         names = {code: name for name, code in self.modes.items()}
         self.mode = names.get(info.record.get("mode"))
 
+    #: The configuration's section of this kind (``config.<section>``), and whether a section
+    #: without an ``enabled`` field puts the unit in the design.
+    section = None
+    enabled_by_default = False
+
     @classmethod
     def expected(cls, config):
         """Per unit of this kind that ``config`` asks for, the ``IDENT`` record fields (a dict,
-        a subset) the device must report (:meth:`Device.check_config`)."""
+        a subset) the device must report (:meth:`Device.check_config`): none when the
+        configuration's :attr:`section` is absent or not enabled, else its ``mode`` (with
+        :attr:`modes`) and :meth:`record_fields`. A kind whose configuration is laid out
+        otherwise overrides this."""
+        sec = getattr(config, cls.section, None) if cls.section else None
+        if sec is None or not getattr(sec, "enabled", cls.enabled_by_default):
+            return []
+        mode = {"mode": cls.modes.get(sec.mode)} if cls.modes else {}
+        return [mode | cls.record_fields(sec)]
+
+    @classmethod
+    def record_fields(cls, section):
+        """The ``IDENT`` record fields (besides ``mode``) that the configuration ``section``
+        fixes."""
         raise NotImplementedError
 
     def space(self, name):

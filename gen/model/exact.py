@@ -307,10 +307,10 @@ class QLinear:
     att_scale: torch.Tensor | None = None
     k_chunks: tuple = ()
 
-    def jobs(self, x_q):
-        """``"token"`` ops: the device jobs of integer input ``x_q`` as ``(x, weights, bias,
-        mult, shift)``, one per K chunk (weights ``K'×N`` integers, or a
-        :class:`~amaformer.gen.quant.BcqWeights` slice); their int8 outputs add up on the host."""
+    def chunks(self):
+        """``"token"`` ops: the static half of the device jobs, one per K chunk:
+        ``(k0, k1, weights, bias, mult, shift)`` (weights ``K'×N`` integers, or a
+        :class:`~amaformer.gen.quant.BcqWeights` slice; zero bias)."""
         zero = torch.zeros(self.bias.shape[0], dtype=torch.int64)
         out = []
         for k0, k1 in self.k_chunks:
@@ -320,8 +320,15 @@ class QLinear:
                                b.scale, b.group)
             else:
                 w = self.w[k0:k1]
-            out.append((x_q[:, k0:k1], w, zero, self.mult, self.shift))
+            out.append((k0, k1, w, zero, self.mult, self.shift))
         return out
+
+    def jobs(self, x_q):
+        """``"token"`` ops: the device jobs of integer input ``x_q`` as ``(x, weights, bias,
+        mult, shift)``, one per K chunk (:meth:`chunks`); their int8 outputs add up on the
+        host."""
+        return [(x_q[:, k0:k1], w, bias, mult, shift)
+                for k0, k1, w, bias, mult, shift in self.chunks()]
 
     def golden_job(self, x_q, w, bias, mult, shift):
         """One device job through the encoding's golden model (int8 out)."""

@@ -90,6 +90,75 @@ def test_device_run_equals_golden_bit_for_bit(program, dev):
         assert torch.nn.functional.cosine_similarity(emb, ref, dim=0) > 0.98
 
 
+def test_memory_images_are_packed_at_compile_time(program):
+    """Every weight tile's images are the unit's packing of the op's compiled integers (what
+    the hardware reads), and the jobs cover every row and column with allocated addresses."""
+    from amaformer.hdl.linear_layout import pack_engine_weights, pack_requant_params
+    for op in program.graph.layers[1].linear_ops:
+        ql, tiles = program.compiled.ops[op.name], program.linear_tiles(op.name)
+        chunk_w = {(k0, k1): (w, b, mu, sh) for k0, k1, w, b, mu, sh in ql.chunks()}
+        assert {(t.k0, t.k1) for t in tiles} == set(ql.k_chunks)
+        for t in tiles:
+            w, b, mu, sh = chunk_w[(t.k0, t.k1)]
+            assert t.weight_words == tuple(pack_engine_weights("mul", w[:, t.n0:t.n1],
+                                                               LIN.lanes, 8))
+            assert t.param_words == tuple(pack_requant_params(b[t.n0:t.n1], mu[t.n0:t.n1],
+                                                              sh[t.n0:t.n1]))
+            assert len(t.weight_words) <= LIN.weight_depth
+        jobs = program.linear_jobs(op.name, 37, act_depth=4096, out_depth=2048)
+        for (k0, k1), chunk_jobs in jobs.items():
+            covered = torch.zeros(37, op.out_features, dtype=torch.int64)
+            for j in chunk_jobs:
+                t = tiles[j.tile]
+                assert (t.k0, t.k1) == (k0, k1)
+                assert j.descriptor == dict(m=j.r1 - j.r0, k=k1 - k0, n=t.n1 - t.n0,
+                                            x_addr=0, y_addr=0)
+                covered[j.r0:j.r1, t.n0:t.n1] += 1
+            assert torch.equal(covered, torch.ones_like(covered))
+    ly = program.graph.layers[0]
+    assert program.attention_layout(0, 5) == dict(
+        q_addr=0, k_addr=ly.heads * 5 * ly.head_dim, v_addr=2 * ly.heads * 5 * ly.head_dim,
+        mask_addr=3 * ly.heads * 5 * ly.head_dim, o_addr=0)
+
+
+@needs_verilator
+def test_runtime_writes_the_programs_images_and_descriptors(program, dev, monkeypatch):
+    """The runtime sends the compiled images and descriptors as they are: every weight and
+    parameter write and every linear RUN, in order, equals the program's."""
+    from amaformer.host.linear import LinearDriver
+    sent = []
+    real_write, real_run = LinearDriver.write_space, LinearDriver.run_descriptor
+
+    def write_space(self, name, words, word_bytes, addr=0):
+        sent.append((name, tuple(int(w) for w in words), addr))
+        return real_write(self, name, words, word_bytes, addr)
+
+    def run_descriptor(self, values, **kw):
+        sent.append(("RUN", dict(values)))
+        return real_run(self, values, **kw)
+
+    monkeypatch.setattr(LinearDriver, "write_space", write_space)
+    monkeypatch.setattr(LinearDriver, "run_descriptor", run_descriptor)
+    ids = sentences(2, 5)
+    m = sum(len(i) for i in ids)
+    run_program(program, dev, ids)
+    want = []
+    for step in program.schedule:
+        if step.where != "linear":
+            continue
+        tiles = program.linear_tiles(step.module)
+        for chunk_jobs in program.linear_jobs(step.module, m, act_depth=dev.info.act_depth,
+                                              out_depth=dev.info.out_depth).values():
+            loaded = None
+            for j in chunk_jobs:
+                if j.tile != loaded:
+                    want += [("weights", tiles[j.tile].weight_words, 0),
+                             ("params", tiles[j.tile].param_words, 0)]
+                    loaded = j.tile
+                want.append(("RUN", j.descriptor))
+    assert sent == want
+
+
 @needs_verilator
 def test_back_to_back_runs_repeat_exactly(program, dev):
     ids = sentences(2, 11)
