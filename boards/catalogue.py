@@ -160,7 +160,14 @@ class ICEBreakerPlatform(_ICEBreaker):
 
 
 class _ULX3S(_AmaformerPlatform, _ULX3SPlatform):
-    pass
+    #: ``-nolutram``: small memories go to block RAM, or flip-flops up to 128 bits, not
+    #: ``TRELLIS_DPR16X4`` (``gen/calibration.json`` is measured with it). Yosys 0.70's ``abc9``
+    #: reintegration (``abc_ops_reintegrate``) asserts ``GetSize(conn.first) ==
+    #: GetSize(conn.second)`` (kernel/rtlil.cc) with LUT RAM on the 32-lane linear + 4-lane
+    #: attention accelerator; with ``-nolutram`` 23 of the 25 ECP5 calibration configurations
+    #: give clean netlists (a 32-lane ``shift`` one still asserts, and the 32 + 4-lane one gets
+    #: a multiply driven net that nextpnr rejects).
+    _amaformer_synth_opts = "-nolutram"
 
 
 class ULX3S25FPlatform(_ULX3S):

@@ -33,8 +33,9 @@ How each figure is modelled
     fmax times ``1 - margin``.
 
 The calibration data (``gen/calibration.json``) ships with the package and is written by
-``scripts/calibrate.py``, which runs the grid through the build flow with exactly its options;
-users never calibrate. Only points in its ``"calib"`` set are fitted; the ``"heldout"`` ones
+``scripts/calibrate.py``, which runs the grid through the build flow with exactly its options
+(on ECP5 ``synth_ecp5 -nolutram``: no LUT RAM, see ``boards.catalogue._ULX3S``); users never
+calibrate. Only points in its ``"calib"`` set are fitted; the ``"heldout"`` ones
 measure the estimator (``scripts/bench_search.py``).
 """
 
@@ -54,8 +55,10 @@ CALIBRATION = Path(__file__).with_name("calibration.json")
 ICE40_BRAM = [(16, 256), (8, 512), (4, 1024), (2, 2048)]
 #: ECP5 DP16KD shapes (width, depth); 36 and 18 wide have 9-bit byte enables.
 ECP5_BRAM = [(36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)]
-#: Memories of at most this many bits go to logic (ECP5 LUT RAM / iCE40 flip-flops), not BRAM.
-SMALL_MEMORY_BITS = {"ice40": 0, "ecp5": 1024}
+#: Memories of at most this many bits go to flip-flops, not block RAM (ECP5: the build's
+#: ``synth_ecp5 -nolutram``, ``boards.catalogue._ULX3S``, measured with Yosys 0.70: a 128-bit
+#: memory with one synchronous read port is mapped to flip-flops, 144 bits and up to a DP16KD).
+SMALL_MEMORY_BITS = {"ice40": 0, "ecp5": 128}
 #: DSPs of the linear unit's requantizer (``boards.build.REQUANT_DSPS``).
 REQUANT_DSPS = 2
 #: RequantParams: bias 32 + mult 16 + shift 6 bits (``hdl/common.py``).
@@ -66,19 +69,37 @@ def _clog2(n):
     return max(0, (int(n) - 1).bit_length())
 
 
+def link_enables(width, gran):
+    """Write-enable groups of a memory the link writes byte by byte (``hdl/link.py``
+    ``_lane_write``): every ``gran``-bit write unit is enabled when the byte holding its last
+    bit arrives, so the units ending in the same byte share one enable and Yosys merges them.
+    Returns ``gran`` when nothing merges, else the tuple of group widths (``4``-bit shift
+    codes: one enable per byte; ``6``-bit weights: 6, 6, 12 bits per three bytes)."""
+    if gran >= width or gran % 8 == 0:
+        return gran
+    groups = {}
+    for j in range(width // gran):
+        last = ((j + 1) * gran - 1) // 8
+        groups[last] = groups.get(last, 0) + gran
+    widths = tuple(groups.values())
+    return widths[0] if len(set(widths)) == 1 else widths
+
+
 def linear_memories(lin, family):
     """The linear unit's memories: ``[(name, width, depth, granularity)]`` (block RAM
-    candidates; iCE40 bcq puts its α codes in an SPRAM, not listed)."""
+    candidates; iCE40 bcq puts its α codes in an SPRAM, not listed). The weight buffer's
+    granularity is its enable groups as the link writes it (:func:`link_enables`)."""
     if not lin.enabled:
         return []
     mems = [("pmem", PARAM_BITS, lin.max_n, PARAM_BITS)]
     if lin.mode == "mul":
-        mems += [("wmem", lin.lanes * lin.weight_bits, lin.weight_depth, lin.weight_bits),
+        w = lin.lanes * lin.weight_bits
+        mems += [("wmem", w, lin.weight_depth, link_enables(w, lin.weight_bits)),
                  ("xbuf", lin.act_bits, lin.max_k, lin.act_bits)]
     elif lin.mode == "shift":
         g = lin.shift_inputs
         chunks = -(-lin.max_k // g)
-        mems += [("wmem", lin.lanes * g * 4, lin.weight_depth, 4),
+        mems += [("wmem", lin.lanes * g * 4, lin.weight_depth, link_enables(lin.lanes * g * 4, 4)),
                  ("xbuf", g * lin.act_bits, 2 << _clog2(chunks), g * lin.act_bits)]
     else:
         s = lin.lanes
@@ -93,22 +114,23 @@ def linear_memories(lin, family):
 
 def map_bram(width, depth, gran, family):
     """Block RAMs Yosys uses for one ``width × depth`` memory with write granularity ``gran``
-    (0 when it goes to logic)."""
+    (bits per write enable, or a tuple of enable group widths; 0 when it goes to logic)."""
     if width * depth <= SMALL_MEMORY_BITS[family]:
         return 0
     best = None
-    granules = -(-width // gran)
+    groups = (tuple(gran) if isinstance(gran, (tuple, list))
+              else (gran,) * -(-width // gran) if gran < width else (width,))
     for w, d in (ICE40_BRAM if family == "ice40" else ECP5_BRAM):
         rows = -(-depth // d)
-        if gran >= width:                           # one write enable: any shape
+        if len(groups) == 1:                        # one write enable: any shape
             cols = -(-width // w)
         elif family == "ice40" and w == 16:         # bit mask: pack granules freely
             cols = -(-width // w)
-        elif family == "ecp5" and w in (18, 36):    # byte enables: one granule per 9-bit lane
+        elif family == "ecp5" and w in (18, 36):    # byte enables: a group per 9-bit lanes
             lanes = w // 9
-            cols = -(-granules * -(-gran // 9) // lanes)
-        else:                                       # one granule per column of blocks
-            cols = granules * -(-gran // w)
+            cols = -(-sum(-(-g // 9) for g in groups) // lanes)
+        else:                                       # one group per column of blocks
+            cols = sum(-(-g // w) for g in groups)
         n = rows * cols
         best = n if best is None else min(best, n)
     return best
@@ -236,7 +258,8 @@ def measured(p):
 
 def _yosys_logic(m, family):
     """Yosys's cells as the LUT-equivalents nextpnr counts before the packing ratio: iCE40
-    LUT4s (carries share their LC), ECP5 LUT4s + 2 per CCU2C + 4 per LUT-RAM."""
+    LUT4s (carries share their LC), ECP5 LUT4s + 2 per CCU2C + 4 per LUT-RAM (none since the
+    build's ``-nolutram``)."""
     if family == "ice40":
         return m["lut4"]
     return m["lut4"] + 2 * m["carry"] + 4 * m.get("lutram", 0)
@@ -257,8 +280,10 @@ class ResourceModel:
     def __init__(self, data, fit_sets=("calib",)):
         from ..boards import get_board
         self.data = data
-        self.points = [p for p in data["points"] if "cells" in p and "error" not in p
-                       or ("cells" in p and p.get("placed") is None)]
+        # Synthesized points (a failed place and route keeps its Yosys figures; a netlist
+        # Yosys itself flagged, ``"error": "yosys: ..."``, does not count).
+        self.points = [p for p in data["points"] if "cells" in p
+                       and not str(p.get("error", "")).startswith("yosys")]
         self.fit_points = [p for p in self.points if p.get("set", "calib") in fit_sets]
         self.accuracy = data.get("accuracy", {})
         self.pack, self.coef_lut, self.coef_ff, self.fmax_fit = {}, {}, {}, {}

@@ -9,7 +9,10 @@ The resource model is refitted on the calibration set only (``"calib"`` points o
 
 Usage::
 
-    python scripts/bench_search.py --json OUT.json [--trials 300]
+    python scripts/bench_search.py --json OUT.json [--trials 300] [--skip gap,searched]
+
+``--skip`` leaves out parts (``estimator``, ``cycles``, ``gap``, ``searched``): the estimator
+and cycle parts take seconds, the gap and the searched configurations a few minutes of CPU.
 """
 
 import argparse
@@ -30,7 +33,11 @@ def estimator(log):
     data = load_calibration()
     model = ResourceModel(data, fit_sets=("calib",))
     held = [p for p in model.points if p.get("set") == "heldout"]
+    calib = {}
+    for p in model.fit_points:
+        calib[p["board"]] = calib.get(p["board"], 0) + 1
     lut_err, fmax_err, dsp_ok, bram_ok, rows = {}, {}, [], [], []
+    placed = {}
     for p in held:
         e = model.estimate(_point_config(p), p["board"])
         m = measured(p)
@@ -39,15 +46,23 @@ def estimator(log):
         lut_err.setdefault(p["board"], []).append(err)
         dsp_ok.append(e.dsp == m["dsp"])
         bram_ok.append(e.bram == m["bram"])
+        ferr = None
         if m.get("fmax"):
-            fmax_err.setdefault(p["board"], []).append((e.fmax_mhz - m["fmax"]) / m["fmax"])
-        rows.append(dict(name=p["name"], lut_est=e.lut, lut=round(target), lut_err=round(err, 4),
-                         placed="lut_placed" in m, dsp=(e.dsp, m["dsp"]),
-                         bram=(e.bram, m["bram"])))
+            ferr = (e.fmax_mhz - m["fmax"]) / m["fmax"]
+            fmax_err.setdefault(p["board"], []).append(ferr)
+            placed[p["board"]] = placed.get(p["board"], 0) + 1
+        rows.append(dict(name=p["name"], board=p["board"], lut_est=e.lut, lut=round(target),
+                         lut_err=round(err, 4), placed="lut_placed" in m, dsp=(e.dsp, m["dsp"]),
+                         bram=(e.bram, m["bram"]), fmax_est=round(e.fmax_mhz, 2),
+                         fmax=m.get("fmax"), fmax_err=None if ferr is None else round(ferr, 4)))
         log(f"  {p['name']:16s} LUT {e.lut:6d} vs {target:8.0f} ({100 * err:+5.1f} %)  "
-            f"DSP {e.dsp}/{m['dsp']}  BRAM {e.bram}/{m['bram']}")
+            f"DSP {e.dsp}/{m['dsp']}  BRAM {e.bram}/{m['bram']}"
+            + (f"  fmax {e.fmax_mhz:.1f} vs {m['fmax']:.1f} MHz ({100 * ferr:+5.1f} %)"
+               if ferr is not None else ""))
     return dict(
+        calib_points=calib,
         heldout_points={b: len(v) for b, v in lut_err.items()},
+        heldout_placed=placed,
         lut_err_p90={b: round(_p90(v), 4) for b, v in lut_err.items()},
         dsp_exact=(sum(dsp_ok) / len(dsp_ok)) if dsp_ok else None,
         bram_exact=(sum(bram_ok) / len(bram_ok)) if bram_ok else None,
@@ -132,23 +147,30 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", required=True)
     ap.add_argument("--trials", type=int, default=300)
+    ap.add_argument("--skip", default="",
+                    help="comma-separated parts to leave out: estimator, cycles, gap, searched")
     args = ap.parse_args(argv)
+    skip = {s for s in args.skip.split(",") if s}
     log = lambda s: print(s, flush=True)          # noqa: E731
-    res = {"tokens": 24, "model": "all-MiniLM-L6-v2"}
-    log("estimator on held-out builds:")
-    res.update(estimator(log))
-    log("cycle models:")
-    res["cycle_err_max"] = cycles(log)
-    log("gap to the exhaustive optimum:")
-    g = gap(log, min(args.trials, 150))
-    res["gap_to_optimum"] = g["gap"]
-    res["gap_detail"] = g
-    log("searched configurations:")
-    boards, speed, times = searched(log, args.trials)
-    res["searched"] = boards
-    res["speedup_vs_default"] = speed
-    res["search_s"] = times["ulx3s-85f"]["wall"]
-    res["search_cpu_s"] = times["ulx3s-85f"]["cpu"]
+    res = {"tokens": 24, "model": "all-MiniLM-L6-v2", "skipped": sorted(skip)}
+    if "estimator" not in skip:
+        log("estimator on held-out builds:")
+        res.update(estimator(log))
+    if "cycles" not in skip:
+        log("cycle models:")
+        res["cycle_err_max"] = cycles(log)
+    if "gap" not in skip:
+        log("gap to the exhaustive optimum:")
+        g = gap(log, min(args.trials, 150))
+        res["gap_to_optimum"] = g["gap"]
+        res["gap_detail"] = g
+    if "searched" not in skip:
+        log("searched configurations:")
+        boards, speed, times = searched(log, args.trials)
+        res["searched"] = boards
+        res["speedup_vs_default"] = speed
+        res["search_s"] = times["ulx3s-85f"]["wall"]
+        res["search_cpu_s"] = times["ulx3s-85f"]["cpu"]
     with open(args.json, "w") as f:
         json.dump(res, f, indent=1, default=str)
         f.write("\n")

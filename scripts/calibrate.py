@@ -73,6 +73,9 @@ POINTS = [
     _p("e-bcq8q4a4", "ulx3s-85f", dict(mode="bcq", lanes=8, bcq_bits=4), ATT),
     _p("e-l32a2-k1024", "ulx3s-85f", dict(mode="mul", lanes=32, max_k=1024, max_n=1024,
                                           weight_depth=2048), dict(ATT, lanes=2)),
+    _p("e-shift8g2a2", "ulx3s-85f", dict(mode="shift", lanes=8, shift_inputs=2),
+       dict(ATT, lanes=2)),
+    _p("e-bcq4q3a4", "ulx3s-85f", dict(mode="bcq", lanes=4, bcq_bits=3), ATT),
     # held out (never used to fit; scripts/bench_search.py measures the estimator on them)
     _p("h-i-mul6", "icebreaker", dict(mode="mul", lanes=6), pnr=True, which="heldout"),
     _p("h-i-mul3", "icebreaker", dict(mode="mul", lanes=3), which="heldout"),
@@ -81,6 +84,20 @@ POINTS = [
     _p("h-i-bcq3q3", "icebreaker", dict(mode="bcq", lanes=3, bcq_bits=3), which="heldout"),
     _p("h-i-mul8-k384", "icebreaker", dict(mode="mul", lanes=8, max_k=384, max_n=384,
                                           weight_depth=768), which="heldout"),
+    _p("h-i-mul5", "icebreaker", dict(mode="mul", lanes=5), which="heldout"),
+    _p("h-i-mul7", "icebreaker", dict(mode="mul", lanes=7), pnr=True, which="heldout"),
+    _p("h-i-mul6-k256", "icebreaker", dict(mode="mul", lanes=6, max_k=256, max_n=256,
+                                          weight_depth=512), which="heldout"),
+    _p("h-i-mul4-k1024", "icebreaker", dict(mode="mul", lanes=4, max_k=1024, max_n=1024,
+                                           weight_depth=2048), which="heldout"),
+    _p("h-i-shift4g2", "icebreaker", dict(mode="shift", lanes=4, shift_inputs=2),
+       which="heldout"),
+    _p("h-i-shift2g4", "icebreaker", dict(mode="shift", lanes=2, shift_inputs=4),
+       which="heldout"),
+    _p("h-i-bcq2q3", "icebreaker", dict(mode="bcq", lanes=2, bcq_bits=3), which="heldout"),
+    _p("h-i-mul8w6", "icebreaker", dict(mode="mul", lanes=8, weight_bits=6), which="heldout"),
+    _p("h-i-shift3g2l4", "icebreaker", dict(mode="shift", lanes=3, shift_inputs=2,
+                                           shift_levels=4), which="heldout"),
     _p("h-e-l24a4", "ulx3s-85f", dict(mode="mul", lanes=24), ATT, pnr=True, which="heldout"),
     _p("h-e-l48a2", "ulx3s-85f", dict(mode="mul", lanes=48), dict(ATT, lanes=2),
        which="heldout"),
@@ -90,6 +107,22 @@ POINTS = [
        which="heldout"),
     _p("h-e-l40a6", "ulx3s-85f", dict(mode="mul", lanes=40), dict(ATT, lanes=6),
        which="heldout"),
+    _p("h-e-l64a16", "ulx3s-85f", dict(mode="mul", lanes=64), dict(ATT, lanes=16),
+       which="heldout"),
+    _p("h-e-l12a2", "ulx3s-85f", dict(mode="mul", lanes=12), dict(ATT, lanes=2),
+       which="heldout"),
+    _p("h-e-l56a8", "ulx3s-85f", dict(mode="mul", lanes=56), dict(ATT, lanes=8),
+       which="heldout"),
+    _p("h-e-l20a3", "ulx3s-85f", dict(mode="mul", lanes=20), dict(ATT, lanes=3),
+       which="heldout"),
+    _p("h-e-shift8g4a4", "ulx3s-85f", dict(mode="shift", lanes=8, shift_inputs=4), ATT,
+       which="heldout"),
+    _p("h-e-bcq8q2a2", "ulx3s-85f", dict(mode="bcq", lanes=8, bcq_bits=2), dict(ATT, lanes=2),
+       which="heldout"),
+    _p("h-e-l32w6a4", "ulx3s-85f", dict(mode="mul", lanes=32, weight_bits=6), ATT,
+       which="heldout"),
+    _p("h-e-l48a4-k1024", "ulx3s-85f", dict(mode="mul", lanes=48, max_k=1024, max_n=1024,
+                                            weight_depth=2048), ATT, which="heldout"),
 ]
 
 #: Interleave the two families so that two workers keep both busy, and the slow ECP5 points do
@@ -119,6 +152,23 @@ _MAPPED = re.compile(r"mapping memory (\S+) via (\S+)")
 def yosys_memories(log_text):
     """``{memory: primitive}`` from Yosys's ``memory_libmap`` lines."""
     return {m.group(1): m.group(2) for m in _MAPPED.finditer(log_text)}
+
+
+def multiply_driven(netlist_path, top="amaformer"):
+    """Names of nets driven by more than one cell output in a Yosys JSON netlist (a corrupt
+    netlist: Yosys 0.70's ``abc9`` reintegration makes one on some ECP5 designs, which
+    nextpnr then rejects; ``boards.catalogue._ULX3S``)."""
+    from collections import Counter
+    mod = json.loads(Path(netlist_path).read_text())["modules"][top]
+    drivers = Counter()
+    for cell in mod["cells"].values():
+        dirs = cell.get("port_directions", {})
+        for port, bits in cell["connections"].items():
+            if dirs.get(port) == "output":
+                drivers.update(b for b in bits if isinstance(b, int))
+    bad = {b for b, n in drivers.items() if n > 1}
+    return sorted({name for name, net in mod["netnames"].items()
+                   if bad.intersection(b for b in net["bits"] if isinstance(b, int))})
 
 
 def run_point(args):
@@ -158,6 +208,10 @@ def run_point(args):
             rpt = (out_dir / f"{prep.name}.rpt").read_text(errors="replace")
             record["cells"] = _yosys_cells(rpt)
             record["memories"] = yosys_memories(rpt)
+            bad = multiply_driven(out_dir / f"{prep.name}.json")
+            if bad:
+                record["error"] = f"yosys: multiply driven nets {', '.join(bad[:3])}"
+                break
     if pnr and "error" not in record and (out_dir / "report.json").exists():
         rep = _make_report(prep, time.monotonic() - t0)
         record["placed"] = {k: rep[k] for k in ("lut", "ff", "dsp", "bram", "spram",
@@ -346,7 +400,9 @@ def write_calibration(records, path):
             "placed", "error")
     data = {
         "about": "Measured by scripts/calibrate.py: Yosys cell counts (and nextpnr placement "
-                 "for some points) of whole accelerators built with amaformer's own flow; "
+                 "for some points) of whole accelerators built with amaformer's own flow "
+                 "(boards.build.prepare; ECP5 with synth_ecp5 -nolutram, "
+                 "boards.catalogue._ULX3S._amaformer_synth_opts); "
                  "whole-model cosines of all-MiniLM-L6-v2 per weight encoding on the "
                  "device-exact path (gen.model.exact, gen.program.DEFAULT_NUMERICS, "
                  "12 held-out sentences). Read by amaformer.gen.resources.",
