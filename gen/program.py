@@ -51,6 +51,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..hdl.linear_spec import LinearJob, LinearTile
 from .model.exact import Encoding, Numerics, calibrate, compile_model
 from .model.graph import EncoderGraph, capture
 
@@ -87,32 +88,6 @@ ENCODING_SETS = {
     "mixE": ("bcq4 α/32: ffn_in, Q, K, V; mul: attn_out, ffn_out",
              {r: _BCQ4G32 for r in ("ffn_in", "query", "key", "value")}),
 }
-
-
-@dataclass(frozen=True)
-class LinearTile:
-    """One weight tile of a linear op: reduction rows ``k0:k1`` (one K chunk) and output
-    columns ``n0:n1``, with its memory images packed as the linear unit holds them:
-    ``weight_words`` for the ``weights`` space (written at word 0) and ``param_words``
-    (per-column bias and requantizer, :func:`~amaformer.hdl.linear_layout.pack_requant_params`)
-    for the ``params`` space (column 0)."""
-    op: str
-    k0: int
-    k1: int
-    n0: int
-    n1: int
-    weight_words: tuple = field(repr=False)
-    param_words: tuple = field(repr=False)
-
-
-@dataclass(frozen=True)
-class LinearJob:
-    """One ``RUN`` of the linear unit: rows ``r0:r1`` of the chunk's input through
-    ``tiles[tile]``, with its descriptor (``m, k, n, x_addr, y_addr``)."""
-    tile: int
-    r0: int
-    r1: int
-    descriptor: dict
 
 
 class ProgramError(ValueError):
@@ -320,10 +295,12 @@ class Program:
                                        act_depth=k1 - k0, out_depth=n)
                 for _, _, c0, c1 in cols:
                     tiles.append(LinearTile(
-                        name, k0, k1, c0, c1,
-                        tuple(pack_engine_weights(lin.mode, w[:, c0:c1], lin.lanes,
-                                                  lin.weight_code_bits, inputs=inputs)),
-                        tuple(pack_requant_params(bias[c0:c1], mult[c0:c1], shift[c0:c1]))))
+                        k0=k0, k1=k1, n0=c0, n1=c1, op=name,
+                        weight_words=tuple(pack_engine_weights(
+                            lin.mode, w[:, c0:c1], lin.lanes, lin.weight_code_bits,
+                            inputs=inputs)),
+                        param_words=tuple(pack_requant_params(bias[c0:c1], mult[c0:c1],
+                                                              shift[c0:c1]))))
             self._plans[key] = tiles
         return self._plans[key]
 

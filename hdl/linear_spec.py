@@ -9,12 +9,14 @@ output memory. Spaces: ``weights`` (engine weight words, ``weight_word_bytes`` e
 ``params`` (per-column requantization words: bias, mult, shift).
 """
 
+from dataclasses import dataclass, field
+
 from amaranth import unsigned
 from amaranth.lib import data
 
 from .registry import UnitKind
 
-__all__ = ["job_tiles", "LINEAR", "DESCRIPTOR", "RECORD", "MODE_CODES", "SHIFT_CODE_BITS", "SHIFT_ZERO",
+__all__ = ["job_tiles", "LinearTile", "LinearJob", "LINEAR", "DESCRIPTOR", "RECORD", "MODE_CODES", "SHIFT_CODE_BITS", "SHIFT_ZERO",
            "ALPHA_TERMS", "ALPHA_EXP_MAX", "ALPHA_CODE_BITS"]
 
 #: ``shift`` weight code: bits [0:3] = ``s`` for ``±2^s`` (``s`` < levels) or
@@ -77,3 +79,29 @@ def job_tiles(m, k, n, *, max_m, max_n, act_depth, out_depth):
                          f"({act_depth} bytes)")
     return m_tile, n_tile, [(r0, min(m, r0 + m_tile), c0, min(n, c0 + n_tile))
                             for c0 in range(0, n, n_tile) for r0 in range(0, m, m_tile)]
+
+
+@dataclass(frozen=True)
+class LinearTile:
+    """One weight tile of a linear layer: reduction rows ``k0:k1`` (one K chunk) and output
+    columns ``n0:n1``, with its memory images packed as the linear unit holds them:
+    ``weight_words`` for the ``weights`` space (written at word 0) and ``param_words``
+    (per-column bias and requantizer, :func:`~amaformer.hdl.linear_layout.pack_requant_params`)
+    for the ``params`` space (column 0); ``op``: the layer's name, if any."""
+    k0: int
+    k1: int
+    n0: int
+    n1: int
+    weight_words: tuple = field(repr=False)
+    param_words: tuple = field(repr=False)
+    op: str = ""
+
+
+@dataclass(frozen=True)
+class LinearJob:
+    """One ``RUN`` of the linear unit: rows ``r0:r1`` of the input through ``tiles[tile]``,
+    with its descriptor (:data:`DESCRIPTOR` fields ``m, k, n, x_addr, y_addr``)."""
+    tile: int
+    r0: int
+    r1: int
+    descriptor: dict

@@ -10,22 +10,6 @@ from .units import UnitDriver
 __all__ = ["LinearDriver"]
 
 
-class _Tile:
-    """A weight tile packed at run time (:meth:`LinearDriver.linear`): the images of the
-    ``weights`` and ``params`` spaces and its output columns ``n0:n1``."""
-
-    def __init__(self, weight_words, param_words, n0, n1):
-        self.weight_words, self.param_words, self.n0, self.n1 = (weight_words, param_words,
-                                                                 n0, n1)
-
-
-class _Job:
-    """A job of :meth:`LinearDriver.linear`: its tile's key, rows ``r0:r1``, descriptor."""
-
-    def __init__(self, tile, r0, r1, descriptor):
-        self.tile, self.r0, self.r1, self.descriptor = tile, r0, r1, descriptor
-
-
 class LinearDriver(UnitDriver):
     """``Y = requant(X·W + b)`` on a linear unit: ``dev.unit("linear")``.
 
@@ -125,15 +109,16 @@ class LinearDriver(UnitDriver):
                              f"({info.weight_depth} words)")
         _, _, runs = S.job_tiles(M, K, N, max_m=info.max_m, max_n=self.max_n_for_k(K),
                                  act_depth=dev.info.act_depth, out_depth=dev.info.out_depth)
-        tiles, jobs = {}, []
+        tiles, jobs = [], []
         for r0, r1, c0, c1 in runs:
-            if (c0, c1) not in tiles:
-                tiles[(c0, c1)] = _Tile(
+            if not tiles or (tiles[-1].n0, tiles[-1].n1) != (c0, c1):   # column tile outer
+                tiles.append(S.LinearTile(
+                    0, K, c0, c1,
                     pack_engine_weights(self.mode, w[:, c0:c1], info.lanes, info.weight_bits,
                                         inputs=info.lin_inputs),
-                    pack_requant_params(bias[c0:c1], mult[c0:c1], shift[c0:c1]), c0, c1)
-            jobs.append(_Job((c0, c1), r0, r1, dict(m=r1 - r0, k=K, n=c1 - c0, x_addr=0,
-                                                    y_addr=0)))
+                    pack_requant_params(bias[c0:c1], mult[c0:c1], shift[c0:c1])))
+            jobs.append(S.LinearJob(len(tiles) - 1, r0, r1,
+                                    dict(m=r1 - r0, k=K, n=c1 - c0, x_addr=0, y_addr=0)))
         y = self.run_jobs(x, tiles, jobs)
         if as_tensor:
             import torch
@@ -141,9 +126,11 @@ class LinearDriver(UnitDriver):
         return y
 
     def run_jobs(self, x, tiles, jobs):
-        """Run prepared jobs on the ``M×K`` integer input ``x``: each job's tile
-        (``tiles[job.tile]``: ``weight_words`` and ``param_words``, the ``weights`` and
-        ``params`` spaces' images, written at word 0 when the tile changes), the job's rows
+        """Run prepared jobs (:class:`~amaformer.hdl.linear_spec.LinearJob`) on the ``M×K``
+        integer input ``x``: each job's tile (``tiles[job.tile]``, a
+        :class:`~amaformer.hdl.linear_spec.LinearTile`: ``weight_words`` and ``param_words``,
+        the ``weights`` and ``params`` spaces' images, written at word 0 when the tile
+        changes), the job's rows
         ``x[job.r0:job.r1]`` (written at the descriptor's ``x_addr`` when they change), its
         descriptor (``m, k, n, x_addr, y_addr``) and the ``m×n`` int8 result read back into
         columns ``n0:n1`` of the tile. Returns ``M×N`` int8 (``N``: the tiles' last column);
@@ -168,8 +155,8 @@ class LinearDriver(UnitDriver):
             if rows != (job.r0, job.r1):
                 dev.write_activations(x[job.r0:job.r1], d["x_addr"])
                 rows = (job.r0, job.r1)
-            est = d["m"] * -(-d["k"] // info.lin_inputs) * -(-d["n"] // info.lanes)
-            dev.job_cycles.append(self.run_descriptor(d, expected_cycles=est))
+            dev.job_cycles.append(self.run(d["m"], d["k"], d["n"], x_addr=d["x_addr"],
+                                           y_addr=d["y_addr"]))
             y[job.r0:job.r1, tile.n0:tile.n1] = dev.read_outputs(d["m"], d["n"], d["y_addr"])
         dev.last_cycles = sum(dev.job_cycles)
         return y
