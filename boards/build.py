@@ -21,8 +21,8 @@ from ..gen.rtl import linear_engine_from_config
 from .catalogue import BoardError, get_board, toolchain_env
 from .clocks import PLLClock
 
-__all__ = ["BuildError", "EngineOnly", "REQUANT_DSPS", "resolve_config", "make_design",
-           "build", "prepare", "format_report", "DESIGNS", "no_collision_script",
+__all__ = ["BuildError", "EngineOnly", "wire_to_pins", "REQUANT_DSPS", "resolve_config",
+           "make_design", "build", "prepare", "format_report", "DESIGNS", "no_collision_script",
            "LINK_AUDITED"]
 
 #: iCE40 DSPs (``SB_MAC16``) taken by the engine's requantizer (two 16×16 partial products of
@@ -66,6 +66,23 @@ class BuildError(RuntimeError):
     """A toolchain step failed; the message names the step and the log file."""
 
 
+def wire_to_pins(m, dut, rx, tx):
+    """Every input of the component ``dut`` from a shift register fed by the pin ``rx``; every
+    output registered and XOR-reduced onto the pin ``tx`` (adds to module ``m``), so that
+    synthesis keeps the whole of ``dut`` while using two pins."""
+    ins, outs = [], []
+    for _path, member, value in dut.signature.flatten(dut):
+        (ins if member.flow == wiring.In else outs).append(Value.cast(value))
+    sreg = Signal(sum(len(v) for v in ins))
+    m.d.sync += sreg.eq(Cat(rx, sreg[:-1]))
+    pos = 0
+    for v in ins:
+        m.d.comb += v.eq(sreg[pos:pos + len(v)])
+        pos += len(v)
+    out_reg = Signal(sum(len(v) for v in outs))
+    m.d.sync += [out_reg.eq(Cat(*outs)), tx.eq(out_reg.xor())]
+
+
 class EngineOnly(wiring.Component):
     """Board top with only the :class:`~amaformer.hdl.linear.LinearEngine`, for measuring it.
 
@@ -95,18 +112,7 @@ class EngineOnly(wiring.Component):
             rx, tx = rx_buf.i, tx_buf.o
         else:
             rx, tx = Signal(), Signal()
-        ins, outs = [], []
-        for path, member, value in engine.signature.flatten(engine):
-            (ins if member.flow == wiring.In else outs).append(value)
-        width = sum(len(v) for v in ins)
-        sreg = Signal(width)
-        m.d.sync += sreg.eq(Cat(rx, sreg[:-1]))
-        pos = 0
-        for v in ins:
-            m.d.comb += v.eq(sreg[pos:pos + len(v)])
-            pos += len(v)
-        out_reg = Signal(sum(len(v) for v in outs))
-        m.d.sync += [out_reg.eq(Cat(*outs)), tx.eq(out_reg.xor())]
+        wire_to_pins(m, engine, rx, tx)
         return m
 
 

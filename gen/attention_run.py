@@ -10,8 +10,8 @@ import math
 from dataclasses import asdict, dataclass
 
 import torch
-from amaranth.sim import Simulator
 
+from ..hdl.simulation import simulate
 from .attention import (SoftmaxFormat, attention_engine_from_config, attention_linear_angular,
                         attention_linear_causal, attention_softmax, causal_mask, cosine,
                         linear_angular_reference, linear_causal_reference,
@@ -94,10 +94,7 @@ def _drive(dut, params_by_head, job, q_beats, kv_beats, n_out, mode, conv_writes
             cycles += 1
         res["cycles"] = cycles
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(tb)
-    sim.run()
+    simulate(dut, tb)
     if len(out) != n_out:
         raise RuntimeError(f"the kernel produced {len(out)} outputs, expected {n_out}")
     return torch.tensor(out), res["cycles"]

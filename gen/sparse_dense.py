@@ -41,12 +41,12 @@ few rows still keeps every sparse lane busy.
 """
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from .attention import SoftmaxFormat, exp2_fixed, rshift_round, softmax_normalize
-from .masks import MaskError, Polarized, check_mask, load_masks, polarize_for_split
+from .masks import MaskError, Polarized, check_mask, load_masks
 
 __all__ = ["HeadPlan", "split_coo", "plan_head", "plan_job", "lane_split", "config_from_masks",
            "segment_states", "merge_states", "partial_states", "sparse_dense_golden", "pack_job",
@@ -434,12 +434,9 @@ def sparse_dense_cycles(plans, tokens, dim, dense_lanes, detail=False, qkv_buffe
     n, d, wd = tokens, dim, dense_lanes
     T = max(d, hw.PAIR_MIN)
     H = len(plans)
-    nblk = -(-n // wd)
     ld_done_vis, cp_inc, mg_inc = {}, {}, {}
     ld_free = 0
     cp_free = 0
-    mg_free = 0
-    ld_idx = 0
     dense_beats = sparse_beats = 0
     info = {"heads": []}
     # the three phases interleave; advance them in dependency order per head
@@ -591,7 +588,7 @@ def simulate_job(unit, job, q, k, v, *, act_stall=None, out_stall=None, jobs=1, 
     list of dicts (``cycles``, ``dense_beats``, ``sparse_beats``, ``ack_cycles``).
     ``after_done``: an async function of ``ctx`` awaited after each job (white-box checks).
     """
-    from amaranth.sim import Simulator
+    from ..hdl.simulation import simulate
     desc = job.descriptor
     H, n, d = desc["heads"], desc["tokens"], desc["dim"]
     act = bytearray(unit.act_depth)
@@ -657,15 +654,7 @@ def simulate_job(unit, job, q, k, v, *, act_stall=None, out_stall=None, jobs=1, 
             if ost is not None:
                 ctx.set(unit.out_stall, next(ost))
 
-    sim = Simulator(unit)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.add_process(memories)
-    if trace:
-        with sim.write_vcd(trace):
-            sim.run()
-    else:
-        sim.run()
+    simulate(unit, bench, processes=[memories], vcd=trace)
     return results, stats
 
 

@@ -96,16 +96,13 @@ RECORD = (
 #: ``(ang_mult, ang_shift)`` of ``q̂(k̂ᵀV)`` in the out fields.
 HEAD_PARAM_FIELDS = (("score_mult", 16), ("score_shift", 6), ("out_mult", 16), ("out_shift", 6))
 
+#: No memory audited: the unit's memories keep Amaranth's read-during-write semantics.
 ATTENTION = UnitKind(
-    name="attention", code=2, record=RECORD, descriptor=DESCRIPTOR, spaces=("heads", "conv"),
-    gateware="amaformer.hdl.attention_top:AttentionUnit",
-    driver="amaformer.host.attention:AttentionDriver",
-    golden="amaformer.gen.attention:attention_softmax",
-    cycles="amaformer.gen.cost:attention_cycles",
-    audit=(),           # its memories keep Amaranth's read-during-write semantics
+    "attention", 2, RECORD, DESCRIPTOR, ("heads", "conv"),
+    gateware=".hdl.attention_top:AttentionUnit", driver=".host.attention:AttentionDriver",
+    golden=".gen.attention:attention_softmax", cycles=".gen.cost:attention_cycles",
     doc="streaming attention: softmax (online, causal/sparse masks), linear_causal, "
-        "linear_angular",
-)
+        "linear_angular")
 
 
 def head_param_word(score_mult=0, score_shift=0, out_mult=0, out_shift=0):

@@ -48,17 +48,14 @@ RECORD = (
     ("max_k", "I"), ("max_n", "I"), ("max_m", "I"), ("weight_depth", "I"),
 )
 
+#: Audited: the engine's memories. Weights and parameters are written only while the engine
+#: is idle (WRITE answers BUSY during a job), when their reads are ignored; row buffers and bcq
+#: tables: see the engines.
 LINEAR = UnitKind(
-    name="linear", code=1, record=RECORD, descriptor=DESCRIPTOR, spaces=("weights", "params"),
-    gateware="amaformer.hdl.linear_unit:LinearUnit",
-    driver="amaformer.host.linear:LinearDriver",
-    golden="amaformer.gen.golden:linear_mul",
-    cycles="amaformer.gen.cost:linear_job_cycles",
-    # weights and parameters are written only while the engine is idle (WRITE answers BUSY
-    # during a job), when their reads are ignored; row buffers and bcq tables: see the engines
-    audit=("engine",),
-    doc="Y = requant(X·W + b): mul (int8 DSP), shift (power of two), bcq (binary-coded LUT)",
-)
+    "linear", 1, RECORD, DESCRIPTOR, ("weights", "params"), audit=("engine",),
+    gateware=".hdl.linear_unit:LinearUnit", driver=".host.linear:LinearDriver",
+    golden=".gen.golden:linear_mul", cycles=".gen.cost:linear_job_cycles",
+    doc="Y = requant(X·W + b): mul (int8 DSP), shift (power of two), bcq (binary-coded LUT)")
 
 
 def job_tiles(m, k, n, *, max_m, max_n, act_depth, out_depth):

@@ -6,7 +6,8 @@ in, its own checks and memory sequencing, ``done`` out, its own write spaces. A 
 defined once, in the unit's own files: its configuration section, its ``IDENT`` record, its
 ``RUN`` descriptor (a :class:`~amaranth.lib.data.StructLayout`), its write spaces, and where its
 gateware, host driver, golden model, cycle model and memory audit live (``"module:name"``
-strings, imported only by whoever needs them, so that the host never imports gateware).
+strings, relative to the ``amaformer`` package when they start with a dot, imported only by
+whoever needs them, so that the host never imports gateware).
 
 The top (:mod:`amaformer.hdl.top`), the protocol's ``IDENT`` table, the host driver
 (:class:`amaformer.host.Device`), the CLI, the cost and golden models and the build's memory
@@ -38,10 +39,11 @@ _cache = {}
 
 
 def resolve(path):
-    """The object named by ``"package.module:name"`` (imported on first use)."""
+    """The object named by ``"package.module:name"`` (imported on first use); a module that
+    starts with a dot is relative to the ``amaformer`` package (``".gen.cost:attention_cycles"``)."""
     if path not in _cache:
         module, _, name = path.partition(":")
-        obj = importlib.import_module(module)
+        obj = importlib.import_module(module, package=__package__.rpartition(".")[0])
         for part in name.split("."):
             obj = getattr(obj, part)
         _cache[path] = obj

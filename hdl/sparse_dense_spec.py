@@ -94,14 +94,12 @@ def sparse_entry_layout(max_tokens):
                               "last": unsigned(1), "eoh": unsigned(1)})
 
 
+#: No memory audited: the unit's memories keep Amaranth's read-during-write semantics.
 SPARSE_DENSE = UnitKind(
-    name="sparse_dense", code=3, record=RECORD, descriptor=DESCRIPTOR,
-    spaces=("heads", "dense", "sparse"),
-    gateware="amaformer.hdl.sparse_dense_unit:SparseDenseUnit",
-    driver="amaformer.host.sparse_dense:SparseDenseDriver",
-    golden="amaformer.gen.sparse_dense:sparse_dense_golden",
-    cycles="amaformer.gen.sparse_dense:sparse_dense_job_cycles",
-    audit=(),           # its memories keep Amaranth's read-during-write semantics
+    "sparse_dense", 3, RECORD, DESCRIPTOR, ("heads", "dense", "sparse"),
     doc="sparse-dense coordinator (ViTCoD): softmax attention under a polarized fixed mask, "
         "denser and sparser engines concurrently",
-)
+    gateware=".hdl.sparse_dense_unit:SparseDenseUnit",
+    driver=".host.sparse_dense:SparseDenseDriver",
+    golden=".gen.sparse_dense:sparse_dense_golden",
+    cycles=".gen.sparse_dense:sparse_dense_job_cycles")

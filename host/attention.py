@@ -12,13 +12,8 @@ __all__ = ["AttentionDriver"]
 
 
 class AttentionDriver(UnitDriver):
-    """Multi-head attention on an attention unit: ``dev.unit("attention")``.
-
-    Members
-    -------
-    mode : str
-        ``"softmax"``, ``"linear_causal"`` or ``"linear_angular"``.
-    """
+    """Multi-head attention on an attention unit (``dev.unit("attention")``), whose
+    :attr:`mode` is ``"softmax"``, ``"linear_causal"`` or ``"linear_angular"``."""
 
     kind, modes, section = S.ATTENTION, S.MODE_CODES, "attention"
 

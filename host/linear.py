@@ -11,13 +11,8 @@ __all__ = ["LinearDriver"]
 
 
 class LinearDriver(UnitDriver):
-    """``Y = requant(X·W + b)`` on a linear unit: ``dev.unit("linear")``.
-
-    Members
-    -------
-    mode : str
-        ``"mul"``, ``"shift"`` or ``"bcq"``.
-    """
+    """``Y = requant(X·W + b)`` on a linear unit (``dev.unit("linear")``), whose :attr:`mode`
+    is ``"mul"``, ``"shift"`` or ``"bcq"``."""
 
     kind, modes, section, enabled_by_default = S.LINEAR, S.MODE_CODES, "linear", True
 

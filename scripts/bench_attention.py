@@ -58,6 +58,7 @@ from amaranth import *                                          # noqa: E402
 from amaranth.back import verilog                               # noqa: E402
 from amaranth.lib import wiring                                 # noqa: E402
 
+from amaformer.boards.build import wire_to_pins              # noqa: E402
 from amaformer.gen.attention import (                           # noqa: E402
     SoftmaxFormat, attention_linear_angular, attention_linear_causal, attention_softmax,
     causal_mask, cosine, linear_angular_reference, linear_causal_reference,
@@ -210,24 +211,8 @@ class _Pins(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.dut = self.dut
-        _wire_to_pins(m, self.dut, self.rx, self.tx)
+        wire_to_pins(m, self.dut, self.rx, self.tx)
         return m
-
-
-def _wire_to_pins(m, dut, rx, tx):
-    """Every input of ``dut`` from a shift register fed by ``rx``; every output registered and
-    XOR-reduced onto ``tx``."""
-    ins, outs = [], []
-    for _path, member, value in dut.signature.flatten(dut):
-        (ins if member.flow == wiring.In else outs).append(Value.cast(value))
-    sreg = Signal(sum(len(v) for v in ins))
-    m.d.sync += sreg.eq(Cat(rx, sreg[:-1]))
-    pos = 0
-    for v in ins:
-        m.d.comb += v.eq(sreg[pos:pos + len(v)])
-        pos += len(v)
-    oreg = Signal(sum(len(v) for v in outs))
-    m.d.sync += [oreg.eq(Cat(*outs)), tx.eq(oreg.xor())]
 
 
 def synth(dut, family, workdir, freq):
@@ -297,7 +282,7 @@ class KernelOnly(wiring.Component):
         uart = platform.request("uart", 0, dir="-")
         m.submodules.rx_buf = rx_buf = io.Buffer("i", uart.rx)
         m.submodules.tx_buf = tx_buf = io.Buffer("o", uart.tx)
-        _wire_to_pins(m, dut, rx_buf.i, tx_buf.o)
+        wire_to_pins(m, dut, rx_buf.i, tx_buf.o)
         return m
 
 

@@ -174,15 +174,19 @@ def multiply_driven(netlist_path, top="amaformer"):
 def run_point(args):
     """Synthesize (and place and route when asked) one point; returns its record (a dict).
 
-    Module-level so that Dask can ship it to a worker. ``args`` = (point, out_root, pnr).
+    Module-level so that Dask can ship it to a worker. ``args`` = (point, out_root, pnr,
+    reuse): with ``reuse``, synthesis is skipped when the folder holds a finished netlist made
+    from byte-identical RTLIL (the design has not changed since), so only nextpnr runs.
     """
-    point, out_root, pnr = args
+    point, out_root, pnr, reuse = args
     from amaformer.boards.build import _make_report, _yosys_cells, prepare
     from amaformer.boards.catalogue import toolchain_env
     t0 = time.monotonic()
     config = point_config(point)
     out_dir = Path(out_root) / point["name"]
+    old_il = _finished_rtlil(out_dir) if reuse else None
     prep = prepare(config, point["board"], out_dir)
+    same_rtl = old_il is not None and (out_dir / f"{prep.name}.il").read_bytes() == old_il
     env = toolchain_env()
     commands = json.loads((out_dir / f"build_{prep.name}.json").read_text())["commands"]
     record = dict(name=point["name"], board=point["board"], family=prep.board.family,
@@ -196,9 +200,15 @@ def run_point(args):
         var = tool.upper().replace("-", "_")
         argv = [env.get(var, tool)] + argv[1:]
         ts = time.monotonic()
-        with open(out_dir / f"{tool}.log", "w") as log:
-            rc = subprocess.run(argv, cwd=out_dir, env=env, stdout=log,
-                                stderr=subprocess.STDOUT).returncode
+        if tool == "yosys" and same_rtl:
+            record["synthesis_reused"] = True
+            rc = 0
+        else:
+            if tool.startswith("nextpnr"):
+                (out_dir / "report.json").unlink(missing_ok=True)   # never a stale report
+            with open(out_dir / f"{tool}.log", "w") as log:
+                rc = subprocess.run(argv, cwd=out_dir, env=env, stdout=log,
+                                    stderr=subprocess.STDOUT).returncode
         record[f"{tool}_seconds"] = round(time.monotonic() - ts, 1)
         if rc != 0:
             tail = (out_dir / f"{tool}.log").read_text(errors="replace").strip().splitlines()
@@ -218,6 +228,16 @@ def run_point(args):
                                                 "fmax_mhz", "clock_mhz", "timing_met")}
     record["seconds"] = round(time.monotonic() - t0, 1)
     return record
+
+
+def _finished_rtlil(out_dir, name="amaformer"):
+    """The RTLIL a finished synthesis in ``out_dir`` was made from (bytes), or None."""
+    il, rpt, net = (out_dir / f"{name}.{ext}" for ext in ("il", "rpt", "json"))
+    if not (il.exists() and rpt.exists() and net.exists()):
+        return None
+    if "End of script" not in rpt.read_text(errors="replace"):
+        return None
+    return il.read_bytes()
 
 
 # --- accuracy -----------------------------------------------------------------------------------
@@ -287,6 +307,8 @@ def main(argv=None):
     ap.add_argument("--pnr", choices=("marked", "all", "none"), default="marked")
     ap.add_argument("--out", default="build/calib", help="build folders (default %(default)s)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--reuse-synthesis", action="store_true",
+                    help="skip Yosys where the build folder holds a netlist of identical RTLIL")
     ap.add_argument("--scheduler", default=None, help="Dask scheduler address (tcp://HOST:PORT)")
     ap.add_argument("--accuracy", action="store_true",
                     help="measure the per-encoding whole-model cosines (minutes of CPU)")
@@ -301,7 +323,9 @@ def main(argv=None):
 
     points_path = Path(args.points)
     points_path.parent.mkdir(parents=True, exist_ok=True)
-    done = {p["name"] for p in load_points(points_path) if p.get("kind", "point") == "point"}
+    records = [p for p in load_points(points_path) if p.get("kind", "point") == "point"]
+    done = {p["name"] for p in records}
+    placed = {p["name"] for p in records if p.get("placed")}
     todo = []
     if args.set != "none" or args.only:
         only = set(args.only.split(",")) if args.only else None
@@ -311,10 +335,10 @@ def main(argv=None):
                 continue
             if only is None and args.set != "all" and p["set"] != args.set:
                 continue
-            if p["name"] in done:
-                continue
             pnr = {"all": True, "none": False, "marked": p["pnr"]}[args.pnr]
-            todo.append((p, args.out, pnr))
+            if p["name"] in (placed if pnr else done):
+                continue                        # measured already (placed, when asked)
+            todo.append((p, args.out, pnr, args.reuse_synthesis))
     if todo:
         from amaformer.gen.parallel import map_parallel
         print(f"{len(todo)} point(s): {', '.join(t[0]['name'] for t in todo)}", flush=True)

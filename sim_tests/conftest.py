@@ -5,26 +5,11 @@ import random
 
 import pytest
 
-from amaranth.sim import Simulator
+from amaformer.hdl.simulation import simulate
 
 __all__ = ["simulate", "stream_send", "stream_collect", "write_words", "SIM_BACKENDS",
            "sim_transport", "sim_backend", "needs_verilator", "verilator_missing",
            "thin_on_amaranth"]
-
-
-def simulate(dut, *testbenches, period=1e-6, vcd=None):
-    """Run ``testbenches`` (async functions of ``ctx``) on ``dut`` with a ``sync`` clock of
-    ``period`` seconds (``period=None``: no clock, for purely combinational designs)."""
-    sim = Simulator(dut)
-    if period is not None:
-        sim.add_clock(period)
-    for tb in testbenches:
-        sim.add_testbench(tb)
-    if vcd:
-        with sim.write_vcd(vcd):
-            sim.run()
-    else:
-        sim.run()
 
 
 async def stream_send(ctx, stream, payloads, *, idle=0.0, rng=None):
