@@ -23,14 +23,18 @@ def open_client(scheduler=None, *, workers=None, processes=True, threads_per_wor
     GIL then run one at a time). Close the returned client (``with`` block) when done; a local
     cluster closes with it.
     """
+    import logging
     import os
 
     from distributed import Client, LocalCluster
     if scheduler:
         return Client(scheduler)
     n = workers or max(1, min(2, os.cpu_count() or 1))
+    # silence_logs: the cluster's own chatter (e.g. the nanny killing a worker that still holds
+    # torch's threads at shutdown) would interleave with the command's output
     cluster = LocalCluster(n_workers=n, threads_per_worker=threads_per_worker,
-                           processes=processes, dashboard_address=":0")
+                           processes=processes, dashboard_address=":0",
+                           silence_logs=logging.ERROR)
     client = Client(cluster)
     client._amaformer_cluster = cluster          # closed with the client, see map_parallel
     return client

@@ -122,9 +122,10 @@ def map_bram(width, depth, gran, family):
               else (gran,) * -(-width // gran) if gran < width else (width,))
     for w, d in (ICE40_BRAM if family == "ice40" else ECP5_BRAM):
         rows = -(-depth // d)
-        if len(groups) == 1:                        # one write enable: any shape
-            cols = -(-width // w)
-        elif family == "ice40" and w == 16:         # bit mask: pack granules freely
+        if len(groups) == 1 or family == "ice40":
+            # one write enable: any shape. iCE40: Yosys packs enable groups into any block
+            # width too (measured: the 72-bit weight buffer of 12 lanes of 6-bit weights, in
+            # groups of 6, 6, 12 bits, maps to 18 blocks of 1024×4, not 20 of 256×16)
             cols = -(-width // w)
         elif family == "ecp5" and w in (18, 36):    # byte enables: a group per 9-bit lanes
             lanes = w // 9

@@ -155,9 +155,25 @@ class Candidate:
 
 
 def accuracy_table(model=None):
+    """``{key: cosine_min}`` of the calibration data: ``"mul8"`` (K chunks of 512) and, where
+    measured, ``"mul8@k256"`` (K chunks of the linear unit's ``max_k``)."""
     from .resources import _model
     acc = (model or _model()).accuracy
     return {k: v["cosine_min"] for k, v in acc.items()} or dict(ACCURACY_FALLBACK)
+
+
+def table_cosine(acc, encoding, max_k):
+    """A candidate's whole-model cosine from the table: the figure measured at its ``max_k``
+    when there is one, else the encoding's (measured at 512; the final check,
+    :mod:`amaformer.gen.search_accuracy`, measures the chosen candidates exactly); NaN when
+    the encoding was never measured."""
+    return acc.get(f"{encoding}@k{max_k}", acc.get(encoding, float("nan")))
+
+
+def best_table_cosine(acc, encoding):
+    """The best cosine the table gives ``encoding`` at any ``max_k`` (NaN: never measured)."""
+    vals = [v for k, v in acc.items() if k == encoding or k.startswith(encoding + "@")]
+    return max(vals) if vals else float("nan")
 
 
 def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lut_margin=0.85,
@@ -181,7 +197,7 @@ def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lu
     except ValueError:
         return None
     acc = accuracy if accuracy is not None else accuracy_table(model)
-    cos = acc.get(params["encoding"], float("nan"))
+    cos = table_cosine(acc, params["encoding"], params["max_k"])
     d = b.device
     limits = {
         "LUT": (res.lut, math.floor(lut_margin * d.lut), "LC" if b.family == "ice40" else "LUT4"),
@@ -255,6 +271,7 @@ def infeasible_message(cands, min_cosine, board, accuracy):
     best_cos = max(accuracy.values()) if accuracy else float("nan")
     if not accuracy or best_cos < min_cosine:
         key = max(accuracy, key=accuracy.get) if accuracy else "none"
+        key = key.replace("@k", ", max_k ")
         return (f"accuracy: the best weight encoding ({key}) reaches a whole-model cosine of "
                 f"{best_cos:.5f}, below the floor {min_cosine} by {min_cosine - best_cos:.5f}")
     valid = [c for c in cands if c is not None]
@@ -312,7 +329,7 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
     space = space or SearchSpace()
     fam = get_board(board).family
     acc = accuracy if accuracy is not None else accuracy_table(model)
-    encodings = [e for e in space.encodings if e in acc and acc[e] >= min_cosine]
+    encodings = [e for e in space.encodings if best_table_cosine(acc, e) >= min_cosine]
     t0 = time.monotonic()
     if not encodings:
         raise Infeasible(infeasible_message([], min_cosine, board, acc))
@@ -373,9 +390,12 @@ def default_config(board):
 
 # --- output -------------------------------------------------------------------------------------
 
-def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts):
+def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts,
+                  accuracy_checks=()):
     """``config.toml`` (the best, loadable by ``generate``/``build``/``run``), ``pareto.csv``,
-    ``pareto.png`` (latency against logic, accuracy as colour), ``search.json``."""
+    ``pareto.png`` (latency against logic, accuracy as colour), ``search.json``.
+    ``accuracy_checks``: ``[(candidate, AccuracyCheck)]`` of the final accuracy check
+    (:mod:`amaformer.gen.search_accuracy`), recorded in ``search.json``."""
     import csv
     import json
     from pathlib import Path
@@ -395,7 +415,9 @@ def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts):
                    trials=result.trials, seconds=round(result.seconds, 2),
                    best=best.row(), estimate=best.resources.to_dict(),
                    latency=best.latency.to_dict(), config=best.config.to_dict(),
-                   pareto=len(rows), png=str(png) if png else None)
+                   pareto=len(rows), png=str(png) if png else None,
+                   accuracy_checks=[dict(candidate=c.row(), **chk.to_dict())
+                                    for c, chk in accuracy_checks])
     (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

@@ -7,7 +7,7 @@ helpers, so that this module owns the command without editing the CLI's other co
 import sys
 from pathlib import Path
 
-__all__ = ["register", "run_search", "validate"]
+__all__ = ["register", "run_search", "validate", "verify_best"]
 
 MODELS = ("minilm",)
 
@@ -49,6 +49,40 @@ def validate(cands, board, out_dir, *, scheduler=None, workers=None, log=print):
     return out
 
 
+def verify_best(res, args, log=print):
+    """Measure the fastest candidates' whole-model cosine on the compiler's path
+    (:func:`amaformer.gen.search_accuracy.verify_front`); returns ``(result with the fastest
+    candidate that meets the floor as best, [(candidate, AccuracyCheck)])``, or ``(None,
+    checks)`` after printing why none does."""
+    from dataclasses import replace
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from .search_accuracy import verify_front
+    log(f"verifying accuracy: all-MiniLM-L6-v2 compiled for the fastest candidates (one per "
+        f"encoding and max_k, at most {args.verify}), the golden path on {args.sentences} "
+        f"held-out sentences (Dask, "
+        f"{'scheduler ' + args.scheduler if args.scheduler else 'local cluster'}) ...")
+    with Progress("[progress.description]{task.description}", BarColumn(),
+                  MofNCompleteColumn(), TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("whole-model accuracy", total=None)
+        best, pairs, reason = verify_front(
+            res.candidates, args.min_cosine, keys=args.verify, sentences=args.sentences,
+            scheduler=args.scheduler, on_result=lambda i, chk: bar.advance(task))
+    for c, chk in pairs:
+        what = chk.error or (f"cosine min {chk.cosine_min:.5f} mean {chk.cosine_mean:.5f} "
+                             f"(table {chk.table:.5f}), {chk.seconds:.0f} s")
+        log(f"  {c.params['encoding']}, max_k {c.params['max_k']} (fastest such: "
+            f"{c.objective_s * 1e3:.2f} ms): {what}")
+    if best is None:
+        print(f"amaformer: infeasible: accuracy: {reason} (more candidates: --verify K; skip "
+              f"the check: --verify 0)", file=sys.stderr)
+        return None, pairs
+    from .search_accuracy import accuracy_key
+    chk = next(chk for c, chk in pairs if accuracy_key(c.config) == accuracy_key(best.config))
+    return replace(res, best=replace(best, cosine=chk.cosine_min)), pairs
+
+
 def run_search(args, log=print):
     """The command's work; returns the exit status. Raises ``CliError``-like ``ValueError``
     subclasses for bad input (the caller prints them)."""
@@ -72,8 +106,17 @@ def run_search(args, log=print):
         except Infeasible as e:
             print(f"amaformer: infeasible: {e}", file=sys.stderr)
             return 1
+    checks = []
+    if args.verify and not res.best.config.attention.enabled:
+        log("not verifying accuracy: the best candidate has no attention unit, and the "
+            "whole-model compiler needs one; its cosine is the calibration table's")
+    elif args.verify:
+        res, checks = verify_best(res, args, log=log)
+        if res is None:
+            return 1
     summary = write_outputs(res, args.out, board=board, min_cosine=args.min_cosine,
-                            tokens=args.tokens, link_counts=args.link_counts)
+                            tokens=args.tokens, link_counts=args.link_counts,
+                            accuracy_checks=checks)
     b = res.best
     from .latency import model_latency
     d = default_config(board)
@@ -91,20 +134,16 @@ def run_search(args, log=print):
         f"({d_lat.compute_s / b.latency.compute_s:.1f}x slower)")
     log(f"  estimate: {r.lut:,}/{r.totals['lut']:,} LUT, {r.ff:,} FF, {r.dsp}/{r.totals['dsp']} "
         f"DSP, {r.bram}/{r.totals['bram']} BRAM, {r.spram} SPRAM, fmax {r.fmax_mhz:.1f} MHz "
-        f"(routable {r.feasible_clock_mhz:.1f}); cosine {b.cosine:.5f} >= {args.min_cosine}")
+        f"(routable {r.feasible_clock_mhz:.1f}); cosine {b.cosine:.5f} >= {args.min_cosine} "
+        + (f"(measured on the compiler's path, {args.sentences} sentences)" if checks
+           else "(calibration table, not measured)"))
     log(f"  wrote {args.out}/config.toml, pareto.csv ({summary['pareto']} points), "
         f"pareto.png, search.json")
     if args.validate:
-        front = sorted((c for c in res.candidates if c is not None and c.feasible),
-                       key=lambda c: (c.objective_s, c.resources.lut))
-        picks, keys = [], set()
-        for c in front:
-            k = tuple(sorted(c.config.to_dict().items(), key=str))
-            if str(k) not in keys:
-                keys.add(str(k))
-                picks.append(c)
-            if len(picks) == args.validate:
-                break
+        from .search_accuracy import distinct_front
+        picks = distinct_front(res.candidates, args.validate)
+        if res.best.config not in [c.config for c in picks]:     # the verified choice first
+            picks = [res.best] + picks[:args.validate - 1]
         validate(picks, board, Path(args.out) / "validate", scheduler=args.scheduler, log=log)
     return 0
 
@@ -139,19 +178,27 @@ def register(subcommand, arg, usage_error):
             help="allow designs without an attention unit (attention on the host; the "
                  "whole-model program needs one, `run --layer minilm` does not)"),
         arg("--seed", type=int, default=0, help="sampler seed (default 0)"),
+        arg("--verify", type=int, default=3, metavar="K",
+            help="measure the whole-model cosine on the compiler's bit-exact path for the "
+                 "fastest candidates, one per encoding and max_k, at most K of them (about "
+                 "40 s each, two at a time on Dask), stopping at the first that meets the "
+                 "floor, which is chosen (default 3; 0: trust the calibration table)"),
+        arg("--sentences", type=int, default=12, metavar="S",
+            help="--verify: held-out sentences per candidate (default 12)"),
         arg("--validate", type=int, default=0, metavar="K",
             help="build the best K candidates (place and route, minutes each, in parallel "
                  "on Dask) and print estimate against placed result"),
         arg("--scheduler", default=None, metavar="tcp://HOST:PORT",
-            help="Dask scheduler for --validate builds (default: a local cluster on this "
-                 "machine's cores)"),
+            help="Dask scheduler for the --verify accuracy runs and --validate builds "
+                 "(default: a local cluster on this machine's cores)"),
         description="Search weight encoding and bits, linear lanes, attention lanes, memory "
                     "depths and clock for the lowest whole-model latency (the units' exact "
                     "cycle models over the compiled schedule, at the PLL's clock) under the "
                     "board's resources with a routability margin, the predicted fmax with the "
                     "family's margin, and an accuracy floor. Resources come from models "
                     "calibrated on real builds (gen/calibration.json); no synthesis unless "
-                    "--validate. Writes DIR/config.toml (for generate/build/run --config), the "
+                    "--validate. The fastest candidates' accuracy is then measured on the "
+                    "compiler's bit-exact path (--verify). Writes DIR/config.toml (for generate/build/run --config), the "
                     "Pareto front (pareto.csv, pareto.png) and search.json. An infeasible "
                     "request prints which constraint fails and by how much, exit status 1.")
     def cmd_search(args):
@@ -159,6 +206,10 @@ def register(subcommand, arg, usage_error):
             raise usage_error(f"--lut-margin must be in (0, 1], not {args.lut_margin}")
         if args.trials < 1:
             raise usage_error(f"--trials must be at least 1, not {args.trials}")
+        if args.verify < 0:
+            raise usage_error(f"--verify must be at least 0, not {args.verify}")
+        if args.sentences < 1:
+            raise usage_error(f"--sentences must be at least 1, not {args.sentences}")
         if not 0 < args.min_cosine <= 1:
             raise usage_error(f"--min-cosine must be in (0, 1], not {args.min_cosine}")
         return run_search(args)

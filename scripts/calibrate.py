@@ -248,10 +248,11 @@ ACCURACY_ENCODINGS = [("mul8", "mul", 8), ("shift4", "shift", 4), ("shift7", "sh
                       ("mul6", "mul", 6), ("mul4", "mul", 4)]
 
 
-def accuracy(n_sentences=12, keys=None, log=print, cache_dir="out/study_cache"):
-    """Whole-model cosines of all-MiniLM-L6-v2 on the device-exact path, per encoding, with the
-    compiler's numerics (``gen.program.DEFAULT_NUMERICS``, K chunks of 512):
-    ``{key: {mode, bits, cosine_min, cosine_mean, sentences}}``."""
+def accuracy(n_sentences=12, keys=None, log=print, cache_dir="out/study_cache", k_chunks=(512,)):
+    """Whole-model cosines of all-MiniLM-L6-v2 on the device-exact path, per encoding and K
+    chunk (the linear unit's ``max_k``), with the compiler's numerics
+    (``gen.program.DEFAULT_NUMERICS``): ``{key: {mode, bits, k_chunk, cosine_min, cosine_mean,
+    sentences}}``, ``key`` the encoding's for 512 (``"mul8"``), else ``"mul8@k256"``."""
     import torch
 
     from amaformer.gen.model import capture, load_minilm, load_sentences
@@ -270,21 +271,24 @@ def accuracy(n_sentences=12, keys=None, log=print, cache_dir="out/study_cache"):
         cal._weights.update(torch.load(cache, weights_only=False))
     ids = [lm.ids(s) for s in held[:n_sentences]]
     refs = [reference(graph, i) for i in ids]
-    num = replace(DEFAULT_NUMERICS, k_chunk=512)
     out = {}
-    for key, mode, bits in ACCURACY_ENCODINGS:
-        if keys and key not in keys:
+    for enc, mode, bits in ACCURACY_ENCODINGS:
+        if keys and enc not in keys:
             continue
-        t0 = time.monotonic()
-        res = evaluate(cal, ids, num, Encoding(mode, bits), refs=refs).to_dict()
-        out[key] = dict(mode=mode, bits=bits, cosine_min=round(res["cosine_min"], 6),
-                        cosine_mean=round(res["cosine_mean"], 6), sentences=len(ids),
-                        seconds=round(time.monotonic() - t0, 1))
-        if cache_dir:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            torch.save(cal._weights, cache)
-        log(f"  {key:7s} min {res['cosine_min']:.5f} mean {res['cosine_mean']:.5f} "
-            f"({out[key]['seconds']} s)")
+        for k_chunk in k_chunks:
+            key = enc if k_chunk == 512 else f"{enc}@k{k_chunk}"
+            num = replace(DEFAULT_NUMERICS, k_chunk=k_chunk)
+            t0 = time.monotonic()
+            res = evaluate(cal, ids, num, Encoding(mode, bits), refs=refs).to_dict()
+            out[key] = dict(mode=mode, bits=bits, k_chunk=k_chunk,
+                            cosine_min=round(res["cosine_min"], 6),
+                            cosine_mean=round(res["cosine_mean"], 6), sentences=len(ids),
+                            seconds=round(time.monotonic() - t0, 1))
+            if cache_dir:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                torch.save(cal._weights, cache)
+            log(f"  {key:11s} min {res['cosine_min']:.5f} mean {res['cosine_mean']:.5f} "
+                f"({out[key]['seconds']} s)")
     return out
 
 
@@ -314,6 +318,9 @@ def main(argv=None):
                     help="measure the per-encoding whole-model cosines (minutes of CPU)")
     ap.add_argument("--sentences", type=int, default=12)
     ap.add_argument("--encodings", default=None, help="--accuracy: comma-separated keys")
+    ap.add_argument("--k-chunks", default="512",
+                    help="--accuracy: comma-separated K chunks (max_k) to measure each "
+                         "encoding at (default 512)")
     ap.add_argument("--harvest", action="store_true",
                     help="record points whose synthesis finished (their place and route may "
                          "still run) from the build folders, Yosys figures only")
@@ -361,10 +368,12 @@ def main(argv=None):
     if args.harvest:
         harvest(args.out, points_path, {p["name"] for p in load_points(points_path)})
     if args.accuracy:
-        acc = accuracy(args.sentences, keys=args.encodings.split(",") if args.encodings else None)
+        acc = accuracy(args.sentences, keys=args.encodings.split(",") if args.encodings else None,
+                       k_chunks=[int(k) for k in args.k_chunks.split(",")])
         with open(points_path, "a") as f:
             f.write(json.dumps({"kind": "accuracy", "encodings": acc,
-                                "numerics": "gen.program.DEFAULT_NUMERICS, k_chunk=512"}) + "\n")
+                                "numerics": "gen.program.DEFAULT_NUMERICS, k_chunk per key"})
+                    + "\n")
     if args.write:
         write_calibration(load_points(points_path), args.write)
     return 0

@@ -2,6 +2,7 @@
 points, the latency composition against the exact cycle models, the search (feasible result,
 infeasible requests, TOML round trip, CLI) and the Dask path on a LocalCluster. No synthesis."""
 
+import json
 import math
 
 import pytest
@@ -44,6 +45,7 @@ def test_logic_within_10_percent_of_calibration_points(model):
 
 @pytest.mark.parametrize("family,w,d,g,blocks", [
     ("ice40", 64, 1024, 8, 16),      # 8-lane int8 weight buffer
+    ("ice40", 72, 1024, (6, 6, 12) * 3, 18),   # 12 lanes of 6-bit weights (validate build)
     ("ice40", 8, 512, 8, 1),         # activation row buffer
     ("ice40", 54, 512, 54, 7),       # requantization parameters
     ("ecp5", 8, 32768, 8, 16),       # the link's 32 KiB memories
@@ -157,10 +159,76 @@ def test_cli_search(tmp_path, capsys):
         search_cli.register(cli.subcommand, cli.arg)
     out = tmp_path / "s"
     assert cli.main(["search", "--board", "ulx3s-85f", "--out", str(out), "--trials", "20",
-                     "--min-cosine", "0.99"]) == 0
+                     "--min-cosine", "0.99", "--verify", "1", "--sentences", "1"]) == 0
     assert cli.main(["config", str(out / "config.toml")]) == 0
+    summary = json.loads((out / "search.json").read_text())
+    (check,) = summary["accuracy_checks"]                  # one key measured, it passes
+    assert 0.99 <= check["cosine_min"] <= 1 and check["sentences"] == 1 and not check["error"]
+    assert summary["best"]["cosine"] == check["cosine_min"]
+    assert summary["best"]["max_k"] == check["candidate"]["max_k"]
     capsys.readouterr()
     assert cli.main(["search", "--board", "ulx3s-85f", "--out", str(out), "--trials", "5",
                      "--min-cosine", "0.99999"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "infeasible" in err[0] and "by" in err[0]
+
+
+def test_accuracy_key_is_what_the_numerics_depend_on():
+    from amaformer.gen.search_accuracy import accuracy_key
+    base = dict(encoding="mul8", lanes=8, att_lanes=4, max_k=512, depth_factor=1, max_n=512,
+                clock=50.0)
+    key = accuracy_key(S.evaluate("ulx3s-85f", base, accuracy=ACC).config)
+    for change in (dict(lanes=32), dict(att_lanes=8), dict(clock=40.0), dict(max_n=384)):
+        assert accuracy_key(S.evaluate("ulx3s-85f", base | change, accuracy=ACC).config) == key
+    for change in (dict(max_k=256), dict(encoding="shift7", shift_inputs=1)):
+        assert accuracy_key(S.evaluate("ulx3s-85f", base | change, accuracy=ACC).config) != key
+
+
+def test_table_cosine_prefers_the_max_k_figure():
+    acc = {"mul8": 0.998, "mul8@k1024": 0.997}
+    assert S.table_cosine(acc, "mul8", 1024) == 0.997
+    assert S.table_cosine(acc, "mul8", 256) == 0.998
+    assert math.isnan(S.table_cosine(acc, "bcq3", 512))
+    assert S.best_table_cosine(acc, "mul8") == 0.998
+
+
+def test_verify_front_walks_fastest_first_and_stops(monkeypatch):
+    """One measurement per accuracy key, fastest first, batch by batch, stopping at the first
+    key that meets the floor; the chosen candidate is the fastest with that key."""
+    from amaformer.gen import search_accuracy as A
+    res = S.search("ulx3s-85f", trials=60, accuracy=ACC, min_cosine=0.99)
+    measured = []
+    by_k = {256: 0.9991, 384: 0.9985, 512: 0.9990, 1024: 0.9970}
+
+    def fake(cands, **kw):
+        measured.extend(c.params["max_k"] for c in cands)
+        return [A.AccuracyCheck(by_k[c.params["max_k"]], 0.0, c.cosine, 1, 0.0) for c in cands]
+    monkeypatch.setattr(A, "verify_candidates", fake)
+    order = sorted((c for c in res.candidates if c is not None and c.feasible),
+                   key=lambda c: (c.objective_s, c.resources.lut))
+    keys = list(dict.fromkeys(c.params["max_k"] for c in order))
+    best, pairs, reason = A.verify_front(res.candidates, 0.9989, keys=4, batch=1)
+    passing = next(k for k in keys if by_k[k] >= 0.9989)
+    assert measured == keys[:keys.index(passing) + 1] and not reason
+    assert best is next(c for c in order if c.params["max_k"] == passing)
+    measured.clear()
+    best, pairs, reason = A.verify_front(res.candidates, 0.9995, keys=4, batch=2)
+    assert best is None and measured == keys[:4]
+    assert reason == (f"the {len(keys[:4])} measured candidate(s) reach a whole-model cosine "
+                      f"of at most {max(by_k[k] for k in keys[:4]):.5f} on the compiler's "
+                      f"path, below the floor 0.9995 by "
+                      f"{0.9995 - max(by_k[k] for k in keys[:4]):.5f}")
+
+
+def test_verify_front_rejects_what_the_table_overstates():
+    """A table that claims more than the device computes: the search accepts the candidates,
+    the measurement on the compiler's bit-exact path (all-MiniLM-L6-v2, one sentence) does
+    not."""
+    from amaformer.gen.search_accuracy import verify_front
+    res = S.search("ulx3s-85f", trials=20, accuracy={"mul8": 0.99999}, min_cosine=0.9999)
+    best, pairs, reason = verify_front(res.candidates, 0.9999, keys=1, sentences=1,
+                                       processes=False)
+    assert best is None and len(pairs) == 1
+    (c, chk), = pairs
+    assert chk.table == 0.99999 and 0.99 < chk.cosine_min < 0.9999 and not chk.error
+    assert reason.endswith(f"below the floor 0.9999 by {0.9999 - chk.cosine_min:.5f}")
