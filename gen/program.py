@@ -195,7 +195,7 @@ class Program:
     max_tokens: int
     masks: object = None            # L×H×N×N bool: attention on the sparse_dense unit
     mask_meta: dict = None
-    _plans: dict = field(default_factory=dict, repr=False, compare=False)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)   # plans, tiles
 
     @property
     def graph(self):
@@ -235,14 +235,14 @@ class Program:
         them in (:func:`~amaformer.gen.sparse_dense.head_order`), as the driver computes them
         for this configuration's unit."""
         key = (layer, tokens)
-        if key not in self._plans:
+        if key not in self._cache:
             from .sparse_dense import head_order, plan_job
             sd = self.config.sparse_dense
             plans = plan_job(self.layer_masks(layer, tokens), sd.dense_lanes, sd.sparse_lanes)
             d = self.graph.layers[layer].head_dim
             order = head_order(plans, tokens, d, sd.dense_lanes, sd.qkv_buffers)
-            self._plans[key] = (plans, order)
-        return self._plans[key]
+            self._cache[key] = (plans, order)
+        return self._cache[key]
 
     def attention_golden(self):
         """The ``attention`` hook of :func:`~amaformer.gen.model.exact.exact_forward` that the
@@ -282,7 +282,7 @@ class Program:
         chunk, the column tiles of :func:`~amaformer.hdl.linear_spec.job_tiles` (weights that
         fit the buffer for that K), their memory images packed once and kept."""
         key = ("tiles", name)
-        if key not in self._plans:
+        if key not in self._cache:
             from ..hdl.linear_layout import pack_engine_weights, pack_requant_params
             from ..hdl.linear_spec import job_tiles
             ql, lin = self.compiled.ops[name], self.config.linear
@@ -301,8 +301,8 @@ class Program:
                             inputs=inputs)),
                         param_words=tuple(pack_requant_params(bias[c0:c1], mult[c0:c1],
                                                               shift[c0:c1]))))
-            self._plans[key] = tiles
-        return self._plans[key]
+            self._cache[key] = tiles
+        return self._cache[key]
 
     def linear_jobs(self, name, m, *, act_depth, out_depth):
         """The jobs of linear op ``name`` on ``m`` input rows (all sentences' tokens) on a top

@@ -76,10 +76,17 @@ def measure_cosine(args):
                 sentences=len(ids), seconds=round(time.monotonic() - t0, 1))
 
 
+def fastest_first(candidates):
+    """The feasible candidates, fastest first; at equal latency the more accurate (by the
+    table), then the smaller, as :func:`amaformer.gen.search.search` ranks them."""
+    return sorted((c for c in candidates if c is not None and c.feasible),
+                  key=lambda c: (c.objective_s, -c.cosine, c.resources.lut))
+
+
 def distinct_front(candidates, k):
-    """The ``k`` fastest feasible candidates with distinct configurations (ties: less logic)."""
-    order = sorted((c for c in candidates if c is not None and c.feasible),
-                   key=lambda c: (c.objective_s, c.resources.lut))
+    """The ``k`` fastest feasible candidates with distinct configurations (ties as
+    :func:`fastest_first`)."""
+    order = fastest_first(candidates)
     picks, seen = [], set()
     for c in order:
         key = repr(sorted(c.config.to_dict().items(), key=str))
@@ -112,8 +119,7 @@ def verify_front(candidates, floor, *, keys=3, batch=2, sentences=12, scheduler=
     reason)``: the measured keys' first candidates with their checks, and, when none meets
     the floor, one line saying by how much the best misses it.
     """
-    order = sorted((c for c in candidates if c is not None and c.feasible),
-                   key=lambda c: (c.objective_s, c.resources.lut))
+    order = fastest_first(candidates)
     firsts = {}
     for c in order:
         firsts.setdefault(accuracy_key(c.config), c)

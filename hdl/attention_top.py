@@ -31,11 +31,9 @@ through the top).
 from collections import deque
 
 from amaranth import *
-from amaranth.lib import data, fifo, memory, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import data, fifo, memory, wiring
 
 from . import attention_spec as S
-from . import protocol as P
 from .attention import (A_TO_C, C_MIN_PASS, OUT_LATENCY, RECIP_PHASE, VBANKS, HeadParams,
                         SoftmaxAttention)
 from .attention_angular import MAC_DRAIN, OUT_DRAIN, LinearAngularAttention

@@ -11,7 +11,6 @@ engine's weight buffer (``weights``) and per-column requantization words (``para
 
 from amaranth import *
 from amaranth.lib import fifo, wiring
-from amaranth.utils import ceil_log2
 
 from . import linear_spec
 from .linear import LinearEngine

@@ -33,7 +33,6 @@ from .arbiter import MemoryArbiter
 from .link import Link, WriteSpace
 from .memories import ByteMemory
 from .uart import UARTRx, UARTTx, baud_divisor
-from .unit import Unit
 
 __all__ = ["AcceleratorCore", "Accelerator", "units_from_config", "DEFAULT_ACT_DEPTH",
            "DEFAULT_OUT_DEPTH", "DEFAULT_MAX_PAYLOAD"]
