@@ -24,8 +24,10 @@ def _build_one(args):
 
 
 def validate(cands, board, out_dir, *, scheduler=None, workers=None, log=print):
-    """Build ``cands`` (place and route, in parallel on Dask) and print estimate against
-    placed result; returns ``[(candidate, report or error)]``."""
+    """Build ``cands`` (place and route, in parallel on Dask), print estimate against placed
+    result and write them to ``out_dir/validate.json``; returns ``[(candidate, report or
+    error)]``."""
+    import json
     from .parallel import map_parallel
     items = [(i, c.config.to_dict(), board, str(Path(out_dir) / f"validate{i}"))
              for i, c in enumerate(cands)]
@@ -46,6 +48,13 @@ def validate(cands, board, out_dir, *, scheduler=None, workers=None, log=print):
                 f"({'met' if rep['timing_met'] else 'NOT met'})")
         else:
             log(f"  #{len(out)} build failed: {rep}")
+    rows = [dict(candidate=c.row(), estimate=c.resources.to_dict(),
+                 placed={k: rep.get(k) for k in ("lut", "ff", "dsp", "bram", "spram",
+                                                 "fmax_mhz", "clock_mhz", "timing_met")}
+                 if isinstance(rep, dict) else None,
+                 error=None if isinstance(rep, dict) else rep) for c, rep in out]
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    (Path(out_dir) / "validate.json").write_text(json.dumps(rows, indent=1) + "\n")
     return out
 
 

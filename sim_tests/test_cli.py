@@ -161,3 +161,17 @@ def test_console_script(tmp_path):
     assert proc.stdout == ""
     assert one_line_error(proc.stderr) == ("clock_mhz must be a number in [1, 500] or absent, "
                                            "not 9000")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--verify", "-1"], "--verify must be at least 0, not -1"),
+    (["--sentences", "0"], "--sentences must be at least 1, not 0"),
+    (["--trials", "0"], "--trials must be at least 1, not 0"),
+    (["--lut-margin", "1.5"], "--lut-margin must be in (0, 1], not 1.5"),
+    (["--min-cosine", "0"], "--min-cosine must be in (0, 1], not 0.0"),
+])
+def test_search_bad_arguments(capsys, tmp_path, argv, message):
+    out = tmp_path / "s"
+    code, _, err = run(capsys, "search", "--board", "ulx3s-85f", "--out", str(out), *argv)
+    assert code == 2 and one_line_error(err) == message
+    assert not out.exists()

@@ -244,3 +244,23 @@ def test_refinement_makes_the_search_stable_across_seeds():
     for p in S.neighbours(best.params, space, fam, ["mul8"]):
         c = S.evaluate("ulx3s-85f", p, accuracy=ACC)
         assert c is None or not c.feasible or c.objective_s >= best.objective_s, p
+
+
+def test_validate_builds_a_candidate_and_the_estimate_holds(tmp_path):
+    """``--validate``: the smallest iCEBreaker candidate of a tiny space is built for real
+    (Yosys, nextpnr-ice40, on a Dask LocalCluster); the estimate's DSP and block RAM equal
+    the placed design's, its logic is within 10 %, and validate.json records both."""
+    from amaformer.gen.search_cli import validate
+    space = S.SearchSpace(encodings=("mul8",), lanes=(2,), att_lanes=(), max_k=(256,),
+                          depth_factor=(1,), max_n=(384,), clocks={"ice40": (24.0,)})
+    res = S.search("icebreaker", trials=3, space=space, accuracy=ACC, host_attention=True)
+    lines = []
+    ((cand, rep),) = validate([res.best], "icebreaker", tmp_path, workers=1,
+                              log=lines.append)
+    assert isinstance(rep, dict), rep
+    est = cand.resources
+    assert (est.dsp, est.bram, est.spram) == (rep["dsp"], rep["bram"], rep["spram"])
+    assert abs(est.lut - rep["lut"]) <= 0.10 * rep["lut"], (est.lut, rep["lut"])
+    (row,) = json.loads((tmp_path / "validate.json").read_text())
+    assert row["placed"]["lut"] == rep["lut"] and row["estimate"]["lut"] == est.lut
+    assert "LUT est" in lines[-1] and "placed" in lines[-1]
