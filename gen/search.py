@@ -490,13 +490,16 @@ def _plot(result, path, board):
     feas = [c for c in result.candidates if c is not None and c.feasible]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if feas:
+        cos = [c.cosine for c in feas]
+        pad = max(0.0, 0.002 - (max(cos) - min(cos))) / 2      # a readable colour range
+        lim = dict(vmin=min(cos) - pad, vmax=max(cos) + pad)
         sc = ax.scatter([c.resources.lut for c in feas], [c.objective_s * 1e3 for c in feas],
-                        c=[c.cosine for c in feas], cmap="viridis", s=10, alpha=0.35,
-                        label="feasible candidates")
+                        c=cos, cmap="viridis", s=12, alpha=0.5, label="feasible candidates",
+                        **lim)
         fr = result.pareto
         ax.scatter([c.resources.lut for c in fr], [c.objective_s * 1e3 for c in fr],
                    c=[c.cosine for c in fr], cmap="viridis", s=45, edgecolors="k",
-                   vmin=sc.get_clim()[0], vmax=sc.get_clim()[1], label="Pareto front")
+                   label="Pareto front", **lim)
         ax.plot([c.resources.lut for c in fr], [c.objective_s * 1e3 for c in fr], "k-",
                 lw=0.6)
         fig.colorbar(sc, ax=ax, label="whole-model cosine (min, 12 sentences)")
