@@ -251,26 +251,38 @@ def enumerate_space(space, family, encodings, host_attention=False):
 def neighbours(params, space, family, encodings, host_attention=False):
     """The points one step from ``params``: each ordered variable to the next value below and
     above in its tuple, the weight encoding to any other allowed one (products per lane
-    added or dropped as the encoding needs)."""
+    added or dropped as the encoding needs); and each of those combined with a step of the
+    clock, which trades against everything else through the fmax model (more lanes at a
+    lower clock, say)."""
     choices = {"lanes": space.lanes, "att_lanes": tuple(space.att_lanes) + ((0,) if
                                                                      host_attention else ()),
                "max_k": space.max_k, "depth_factor": space.depth_factor,
                "max_n": space.max_n, "clock": space.clocks[family]}
     if params["encoding"].startswith("shift"):
         choices["shift_inputs"] = space.shift_inputs
-    for name, values in choices.items():
-        values = sorted(values)
-        i = values.index(params[name]) if params[name] in values else None
-        for j in ((i - 1, i + 1) if i is not None else ()):
-            if 0 <= j < len(values):
-                yield dict(params, **{name: values[j]})
+
+    def steps(p, names):
+        for name in names:
+            values = sorted(choices[name])
+            if p[name] not in values:
+                continue
+            i = values.index(p[name])
+            for j in (i - 1, i + 1):
+                if 0 <= j < len(values):
+                    yield dict(p, **{name: values[j]})
+
+    singles = list(steps(params, [n for n in choices if n != "clock"]))
     for enc in encodings:
         if enc != params["encoding"]:
             q = dict(params, encoding=enc)
             q.pop("shift_inputs", None)
             if enc.startswith("shift"):
                 q["shift_inputs"] = space.shift_inputs[0]
-            yield q
+            singles.append(q)
+    yield from steps(params, ["clock"])
+    for q in singles:
+        yield q
+        yield from steps(q, ["clock"])
 
 
 @dataclass

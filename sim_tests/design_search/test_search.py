@@ -236,8 +236,9 @@ def test_verify_front_rejects_what_the_table_overstates():
 
 def test_refinement_makes_the_search_stable_across_seeds():
     """TPE alone lands on different local optima per seed; the neighbour refinement ends
-    them at the same fastest configuration, which no single-variable step improves."""
-    results = [S.search("ulx3s-85f", trials=60, accuracy=ACC, seed=s) for s in range(3)]
+    them at the same fastest configuration, which no neighbour (one variable, or one with
+    the clock) improves."""
+    results = [S.search("ulx3s-85f", trials=60, accuracy=ACC, seed=s) for s in range(5)]
     assert len({r.best.objective_s for r in results}) == 1
     best = results[0].best
     fam, space = "ecp5", S.SearchSpace()
