@@ -277,7 +277,7 @@ def _fit_fmax(points, default):
     """``(intercept, slope, attention_step, margin)`` of ``fmax ≈ intercept + slope·u +
     step·a`` over placed points ``[(utilization u, attention a, fmax MHz)]``.
 
-    The attention unit holds the critical path when present (measured on ECP5: 47.6–50.2 MHz
+    The attention unit holds the critical path when present (measured on ECP5: 44.9–51.9 MHz
     with it from 9 to 17 % of the device, 61.8 MHz without), so it gets its own term when the
     points vary it; utilization gets a slope only when the points show fmax falling with it
     (a rising trend is noise: slope 0). The margin is the largest relative over-prediction on

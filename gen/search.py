@@ -349,14 +349,13 @@ def _pareto(cands):
 
 def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
            lut_margin=0.85, host_attention=False, space=None, seed=0, progress=None,
-           model=None, accuracy=None, base=None, timeout=None, multi_objective=True,
-           refine_starts=6):
+           model=None, accuracy=None, base=None, timeout=None, refine_starts=6):
     """Search the space for ``board``; returns a :class:`SearchResult`.
 
     Optuna multi-objective TPE over (latency, logic) with the constraints of
     :func:`evaluate`, then a refinement from each of the ``refine_starts`` fastest feasible
-    candidates through their :func:`neighbours` until none is faster (0: none); the best is the feasible candidate with the
-    lowest latency (ties: the higher cosine, then less logic). ``progress(done, total)`` is
+    candidates through their :func:`neighbours` until none is faster (0: none); the best is
+    the feasible candidate with the lowest latency (ties: the higher cosine, then less logic). ``progress(done, total)`` is
     called after each trial.
 
     Raises
@@ -379,26 +378,26 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
     cands = []
     seen = {}
 
-    def objective(trial):
-        p = _suggest(trial, space, fam, encodings, host_attention)
+    def score(p):
+        """The candidate of point ``p``, evaluated once (``None``: not a valid configuration)."""
         key = tuple(sorted(p.items()))
-        c = seen.get(key)
         if key not in seen:
-            c = evaluate(board, p, min_cosine=min_cosine, tokens=tokens,
-                         link_counts=link_counts, lut_margin=lut_margin, model=model,
-                         accuracy=acc, base=base)
-            seen[key] = c
-            cands.append(c)
+            seen[key] = evaluate(board, p, min_cosine=min_cosine, tokens=tokens,
+                                 link_counts=link_counts, lut_margin=lut_margin, model=model,
+                                 accuracy=acc, base=base)
+            cands.append(seen[key])
+        return seen[key]
+
+    def objective(trial):
+        c = score(_suggest(trial, space, fam, encodings, host_attention))
         if c is None:
             for k in CONSTRAINTS:
                 trial.set_constraint(k, 1e9)
-            return (1e9, 1e9) if multi_objective else 1e9
+            return 1e9, 1e9
         for k in CONSTRAINTS:
             v = c.violations.get(k, -1.0)
             trial.set_constraint(k, v / max(abs(c.limits[k][1]), 1e-9) if k in c.limits else v)
-        if multi_objective:
-            return c.objective_s, float(c.resources.lut)
-        return c.objective_s
+        return c.objective_s, float(c.resources.lut)
 
     import warnings
     with warnings.catch_warnings():
@@ -406,8 +405,7 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
         sampler = optuna.samplers.TPESampler(seed=seed,
                                              n_startup_trials=min(40, max(10, trials // 8)),
                                              multivariate=True, group=True)
-        study = optuna.create_study(directions=["minimize"] * (2 if multi_objective else 1),
-                                    sampler=sampler)
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
         for i in range(trials):
             study.optimize(objective, n_trials=1)
             if progress is not None:
@@ -421,19 +419,9 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
     rank = lambda c: (c.objective_s, -c.cosine, c.resources.lut)          # noqa: E731
     # Refinement: TPE finds the regions, but its density model is coarse at the constraint
     # boundary where the fastest designs sit. From each of the few fastest feasible
-    # candidates, step to the best feasible neighbour (one variable at a time, through the
-    # same evaluations) until none is faster; keep the fastest end point. Some hundred
+    # candidates, step to a faster feasible neighbour (one variable, or one with the clock,
+    # through the same evaluations) until none is faster; keep the fastest end point. Some hundred
     # evaluations; makes the result stable across seeds (scripts/bench_search.py).
-
-    def score(p):
-        key = tuple(sorted(p.items()))
-        if key not in seen:
-            seen[key] = evaluate(board, p, min_cosine=min_cosine, tokens=tokens,
-                                 link_counts=link_counts, lut_margin=lut_margin, model=model,
-                                 accuracy=acc, base=base)
-            cands.append(seen[key])
-        return seen[key]
-
     best = min(feas, key=rank)
     for cur in sorted(feas, key=rank)[:refine_starts]:
         improved = True

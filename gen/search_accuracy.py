@@ -20,7 +20,7 @@ error-compensated ``shift``/``bcq`` ones), so they run in parallel on Dask
 from dataclasses import dataclass
 
 __all__ = ["AccuracyCheck", "measure_cosine", "verify_candidates", "verify_front",
-           "distinct_front", "accuracy_key", "shortfall"]
+           "distinct_front", "accuracy_key", "check_for", "shortfall"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,13 @@ def verify_front(candidates, floor, *, keys=3, batch=2, sentences=12, scheduler=
             checks[accuracy_key(c.config)] = chk
             pairs.append((c, chk))
     return None, pairs, shortfall(pairs, floor)
+
+
+def check_for(candidate, pairs):
+    """The :class:`AccuracyCheck` among ``pairs`` that covers ``candidate`` (the one of its
+    :func:`accuracy_key`), or ``None``."""
+    key = accuracy_key(candidate.config)
+    return next((chk for c, chk in pairs if accuracy_key(c.config) == key), None)
 
 
 def shortfall(pairs, floor):

@@ -67,7 +67,7 @@ def verify_best(res, args, log=print):
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from .search_accuracy import verify_front
+    from .search_accuracy import check_for, verify_front
     log(f"verifying accuracy: all-MiniLM-L6-v2 compiled for the fastest candidates (one per "
         f"encoding and max_k, at most {args.verify}), the golden path on {args.sentences} "
         f"held-out sentences (Dask, "
@@ -87,8 +87,7 @@ def verify_best(res, args, log=print):
         print(f"amaformer: infeasible: accuracy: {reason} (more candidates: --verify K; skip "
               f"the check: --verify 0)", file=sys.stderr)
         return None, pairs
-    from .search_accuracy import accuracy_key
-    chk = next(chk for c, chk in pairs if accuracy_key(c.config) == accuracy_key(best.config))
+    chk = check_for(best, pairs)
     return replace(res, best=replace(best, cosine=chk.cosine_min)), pairs
 
 

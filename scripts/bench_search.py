@@ -125,7 +125,7 @@ def searched(log, trials, verify=True):
 
     from amaformer.gen.latency import model_latency
     from amaformer.gen.search import accuracy_table, default_config, encoding_key, search
-    from amaformer.gen.search_accuracy import accuracy_key, measure_cosine, verify_front
+    from amaformer.gen.search_accuracy import check_for, measure_cosine, verify_front
     acc = accuracy_table()
     out, speed, times = {}, {}, {}
     for board, host_att in (("ulx3s-85f", False), ("icebreaker", True)):
@@ -146,9 +146,7 @@ def searched(log, trials, verify=True):
             if best is None:
                 raise SystemExit(f"{board}: {reason}")
             chk = dict(measure_cosine((d.to_dict(), 12)))
-            key = accuracy_key(best.config)
-            b = replace(best, cosine=next(k.cosine_min for c, k in pairs
-                                          if accuracy_key(c.config) == key))
+            b = replace(best, cosine=check_for(best, pairs).cosine_min)
             measured |= dict(cosine_measured=b.cosine,
                             default_cosine_measured=chk.get("cosine_min"),
                             checks=[dict(candidate=c.row(), **k.to_dict()) for c, k in pairs])
