@@ -8,7 +8,8 @@ Q, K, V and the attention output projection (``hidden × hidden``), the MLP's ``
 the linear driver does it (:meth:`amaformer.host.linear.LinearDriver.linear`: K in chunks of
 ``max_k`` (bcq: a multiple of the quantizer's group), N in tiles that fit the weight buffer and
 the output memory, M in tiles that fit the memories), and one softmax attention job of all heads
-on the attention unit. Host work (LayerNorm, GELU, scaling) is not counted.
+on the attention unit, or, under fixed masks (:class:`MaskSchedule`), one job of all heads on
+the sparse-dense unit. Host work (LayerNorm, GELU, scaling) is not counted.
 
 Attention cycles use the exact model's structure: a dense softmax job of ``H`` heads costs
 ``offset(lanes, d) + H·(ceil(T/lanes)·2·T·d + T·d)`` cycles (two byte reads per ``kv`` beat,
@@ -17,6 +18,12 @@ one per ``q`` byte); ``offset`` comes from the exact cycle model
 (tabulated in the calibration data for lanes up to 16, computed otherwise), and
 ``scripts/bench_search.py`` checks the composition against the exact model
 (``cycle_err_max``).
+
+Sparse-dense attention cycles are the unit's exact model
+(:func:`amaformer.gen.sparse_dense.sparse_dense_job_cycles`) of the plans the driver makes for
+each layer's masks cropped to the sentence, in the driver's head order, as
+:func:`amaformer.gen.program.program_cycles` computes them; :class:`MaskSchedule` caches them
+per lane split.
 """
 
 from collections import Counter
@@ -26,7 +33,7 @@ from functools import lru_cache
 from .cost import attention_cycles, linear_job_cycles
 
 __all__ = ["ModelShape", "MINILM", "LatencyReport", "linear_jobs", "softmax_attention_cycles",
-           "model_latency", "LINK_BITS_PER_BYTE", "FRAME_OVERHEAD", "MAX_PAYLOAD"]
+           "MaskSchedule", "model_latency", "LINK_BITS_PER_BYTE", "FRAME_OVERHEAD", "MAX_PAYLOAD"]
 
 #: UART 8N1: ten bit times per byte.
 LINK_BITS_PER_BYTE = 10
@@ -206,16 +213,93 @@ class LatencyReport:
                     baud=self.baud, jobs=self.jobs, per_op=dict(self.per_op))
 
 
-def model_latency(config, tokens=24, shape=MINILM, clock_mhz=None):
+class MaskSchedule:
+    """Fixed attention masks (``L×H×N×N`` bool: a mask file or tensor, as ``compile_program``
+    takes them) as the schedule sees them: the sparse-dense unit's cycles and link bytes per
+    layer for a lane split, cached (the search asks for the same few splits many times).
+
+    ``path``: where the masks came from (recorded with the search's choice), or ``None``.
+    """
+
+    def __init__(self, masks, path=None):
+        from .sparse_dense import _layer_masks
+        self.keep = _layer_masks(masks)
+        self.path = None if path is None else str(path)
+        if self.path is None and (isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__")):
+            self.path = str(masks)
+        self._cache = {}
+
+    @property
+    def tokens(self):
+        """``N``: the token count the masks were made for."""
+        return int(self.keep.shape[-1])
+
+    @property
+    def layers(self):
+        return int(self.keep.shape[0])
+
+    def sparsity(self, tokens=None):
+        """Fraction of the (cropped) entries the masks drop."""
+        n = tokens or self.tokens
+        return 1.0 - float(self.keep[..., :n, :n].float().mean())
+
+    def unit(self, dense_lanes, sparse_lanes):
+        """The sparse-dense unit of a lane split, its entry memories sized for these masks
+        (:func:`amaformer.gen.sparse_dense.config_for_split`), cached."""
+        key = ("unit", dense_lanes, sparse_lanes)
+        if key not in self._cache:
+            from .sparse_dense import config_for_split
+            self._cache[key] = config_for_split(self.keep, dense_lanes, sparse_lanes)
+        return self._cache[key]
+
+    def attention(self, tokens, dim, sd):
+        """``[(cycles, link bytes)]`` per layer: one sparse-dense job of every head of the
+        layer's masks cropped to ``tokens``, on the unit ``sd`` (a ``SparseDenseConfig``)."""
+        key = (tokens, dim, sd.dense_lanes, sd.sparse_lanes, sd.qkv_buffers)
+        if key not in self._cache:
+            self._cache[key] = [self._layer(li, tokens, dim, sd) for li in range(self.layers)]
+        return self._cache[key]
+
+    def _layer(self, li, tokens, dim, sd):
+        from ..hdl.sparse_dense_spec import HEAD_PARAMS, dense_entry_layout, sparse_entry_layout
+        from .sparse_dense import head_order, plan_job, sparse_dense_job_cycles
+        if tokens > self.tokens:
+            raise ValueError(f"sentences of {tokens} tokens do not fit masks made for "
+                             f"{self.tokens}")
+        plans = plan_job(self.keep[li, :, :tokens, :tokens], sd.dense_lanes, sd.sparse_lanes)
+        order = head_order(plans, tokens, dim, sd.dense_lanes, sd.qkv_buffers)
+        cycles = sparse_dense_job_cycles([plans[i] for i in order], tokens, dim,
+                                         sd.dense_lanes, sd.qkv_buffers)
+        heads = len(plans)
+        word = lambda layout: -(-layout.size // 8)                # noqa: E731
+        dense = sum(len(p.dense_pairs_list()) + 1 for p in plans)
+        sparse = [sum(len(p.lanes[s]) + 1 for p in plans) for s in range(sd.sparse_lanes)]
+        qkv = 3 * heads * tokens * dim
+        nbytes = (_link_bytes(qkv) + _link_bytes(qkv // 3)
+                  + _link_bytes(heads * word(HEAD_PARAMS))
+                  + _link_bytes(dense * word(dense_entry_layout(sd.max_tokens, sd.dense_lanes)))
+                  + sum(_link_bytes(n * word(sparse_entry_layout(sd.max_tokens))) for n in sparse)
+                  + 2 * FRAME_OVERHEAD + 20)
+        return cycles, nbytes
+
+
+def model_latency(config, tokens=24, shape=MINILM, clock_mhz=None, masks=None):
     """Whole-model latency of one ``tokens``-token sentence on ``config`` (an
-    ``AcceleratorConfig`` with a linear unit and a softmax attention unit; attention runs on
-    the host, uncounted, when the configuration has none).
+    ``AcceleratorConfig`` with a linear unit and a softmax attention unit, or a sparse-dense
+    unit with ``masks``, a :class:`MaskSchedule`; attention runs on the host, uncounted, when
+    the configuration has neither).
 
     ``clock_mhz``: the clock the cycles run at (default: the configuration's, else its board's
     oscillator).
+
+    Raises
+    ------
+    ValueError
+        A job does not fit (K beyond the weight buffer, sentences longer than the masks), or
+        masks without a sparse-dense unit.
     """
     from ..boards import get_board
-    lin, att = config.linear, config.attention
+    lin, att, sd = config.linear, config.attention, config.sparse_dense
     if clock_mhz is None:
         clock_mhz = config.clock_mhz or get_board(config.board).clock_mhz
     per_op, lin_cycles, nbytes, njobs = {}, 0, 0, 0
@@ -228,7 +312,17 @@ def model_latency(config, tokens=24, shape=MINILM, clock_mhz=None):
         nbytes += b * shape.layers
         njobs += len(jobs) * shape.layers
     att_cycles = 0
-    if att.enabled and att.mode == "softmax":
+    if masks is not None and not sd.enabled:
+        raise ValueError("masks run only on the sparse_dense unit; the configuration has none")
+    if masks is not None:
+        if masks.layers != shape.layers:
+            raise ValueError(f"masks have {masks.layers} layers, the model {shape.layers}")
+        per_layer = masks.attention(tokens, shape.head_dim, sd)
+        att_cycles = sum(c for c, _ in per_layer)
+        per_op["attention"] = att_cycles
+        nbytes += sum(b for _, b in per_layer)
+        njobs += shape.layers
+    elif att.enabled and att.mode == "softmax":
         att_cycles = softmax_attention_cycles(shape.heads, tokens, shape.head_dim,
                                               att.lanes) * shape.layers
         per_op["attention"] = att_cycles

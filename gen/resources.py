@@ -13,22 +13,26 @@ How each figure is modelled
     ``memory_libmap`` maps them (fewest blocks over the primitive's width×depth shapes,
     write-enable granularity respected: iCE40 ``SB_RAM40_4K`` 16×256 with a bit mask, 8×512,
     4×1024, 2×2048; ECP5 ``DP16KD`` 36×512 and 18×1024 with 9-bit byte enables, 9×2048 …
-    1×16384). The link's memories and the attention unit's (whose sizes depend only on the
-    head dimension, fixed by the model) are integer coefficients fitted to the calibration
-    points.
+    1×16384). The sparse-dense unit's memories are listed the same way
+    (:func:`sparse_dense_memories`: Q/K/V banks copied per reading lane, entry lists, per-lane
+    sum banks and states; their sizes follow the masks). The link's memories and the softmax
+    attention unit's (whose sizes depend only on the head dimension, fixed by the model) are
+    integer coefficients fitted to the calibration points.
 
     **DSP** (exact): ``mul`` lanes on hardware multipliers (``linear.hw_lanes``, resolved for
-    the board as ``amaformer build`` does) plus the requantizer's two; the attention unit's
-    per-lane and fixed multipliers are integer coefficients fitted to the points.
+    the board as ``amaformer build`` does) plus the requantizer's two; the attention units'
+    (softmax, sparse-dense) per-lane and fixed multipliers are integer coefficients fitted to
+    the points.
 
     **Logic and flip-flops**: a linear model per device family over the parameters that create
     logic (lanes per weight encoding, logic-multiplier lanes, products per lane, table slots ×
-    planes, accumulator width, attention lanes), fitted by least squares to the calibration
+    planes, accumulator width, attention lanes, the sparse-dense unit's dense and sparse
+    lanes), fitted by least squares to the calibration
     points. The logic target is nextpnr's packed count where the point was placed and routed,
     otherwise Yosys's cells through the family's packing ratio (fitted on the placed points).
 
     **fmax**: per family, nextpnr's achieved fmax of the placed points against logic
-    utilization and the attention unit's presence (a plane, :func:`_fit_fmax`); the
+    utilization and the presence of each attention unit (:func:`_fit_fmax`); the
     *feasibility margin* is the largest relative over-prediction on those points (at least
     5 %): a clock target is feasible when it is at most the predicted fmax times
     ``1 - margin``.
@@ -48,7 +52,8 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["CALIBRATION", "Resources", "ResourceModel", "estimate", "load_calibration",
-           "linear_memories", "map_bram", "linear_dsp", "measured"]
+           "linear_memories", "sparse_dense_memories", "sparse_dense_bram", "map_bram",
+           "linear_dsp", "measured"]
 
 CALIBRATION = Path(__file__).with_name("calibration.json")
 
@@ -113,6 +118,44 @@ def linear_memories(lin, family):
     return mems
 
 
+def sparse_dense_memories(sd):
+    """The sparse-dense unit's block-RAM candidates (``hdl/sparse_dense.py``):
+    ``[(name, width, depth, granularity, copies)]``, ``copies`` the read ports Yosys
+    replicates a memory for (every lane reads Q, K and V on its own port; the dense lanes
+    share one K/V read). Q/K/V banks hold ``qkv_buffers·(N + W_d)·d`` bytes; the entry lists
+    their depths; each lane a V buffer (``4·d`` bytes), two banks of weighted sums
+    (``slots/2·d`` words of ``acc_bits``) and its ``(m, l)`` states (``slots`` words), with
+    ``2·ceil(N/W_d)`` slots on a dense lane and ``2·N`` on a sparse one. The head parameters
+    (read combinationally) go to logic."""
+    from ..hdl.attention_spec import SoftmaxFormat
+    if not sd.enabled:
+        return []
+    fmt = SoftmaxFormat.from_config(sd)
+    wd, ws, n, d = sd.dense_lanes, sd.sparse_lanes, sd.max_tokens, sd.head_dim
+    ib = max(1, (n - 1).bit_length())
+    blocks = -(-n // wd)
+    qkv = sd.qkv_buffers * (n + wd) * d
+    aw, lw = fmt.acc_bits(n), fmt.sum_bits(n)
+    mw = 16 + _clog2(d) + 17 - fmt.exp_frac_bits           # running maximum (score + 17 - F)
+    dense_entry = ib + wd + max(1, (blocks - 1).bit_length()) + 3
+    mems = [("qmem", 8, qkv, 8, wd + ws), ("kmem", 8, qkv, 8, 1 + ws),
+            ("vmem", 8, qkv, 8, 1 + ws),
+            ("dmem", dense_entry, sd.dense_depth, dense_entry, 1),
+            ("smem", 2 * ib + 3, sd.sparse_depth, 2 * ib + 3, ws)]
+    for lane, slots, count in (("dlane", 2 * blocks, wd), ("slane", 2 * n, ws)):
+        mems += [(f"{lane}.vbuf", 8, 4 * d, 8, count),
+                 (f"{lane}.abank", aw, slots // 2 * d, aw, 2 * count),
+                 (f"{lane}.mlmem", mw + lw, slots, mw + lw, count)]
+    return mems
+
+
+def sparse_dense_bram(sd, family):
+    """Block RAMs of the sparse-dense unit (:func:`sparse_dense_memories` through
+    :func:`map_bram`)."""
+    return sum(copies * map_bram(w, d, g, family)
+               for _, w, d, g, copies in sparse_dense_memories(sd))
+
+
 def map_bram(width, depth, gran, family):
     """Block RAMs Yosys uses for one ``width × depth`` memory with write granularity ``gran``
     (bits per write enable, or a tuple of enable group widths; 0 when it goes to logic)."""
@@ -136,6 +179,14 @@ def map_bram(width, depth, gran, family):
         n = rows * cols
         best = n if best is None else min(best, n)
     return best
+
+
+def sparse_dense_address_dsp(sd):
+    """DSP blocks of the sparse-dense unit's dense-row address ``blk·W_d``: a shift when
+    ``W_d`` is a power of two, else a multiplier (measured: one MULT18X18D at ``W_d = 3``);
+    the unit's other multipliers are fitted per lane."""
+    wd = sd.dense_lanes
+    return int(sd.enabled and wd & (wd - 1) != 0)
 
 
 def linear_dsp(lin, family, board_dsp=None):
@@ -175,6 +226,10 @@ def features(config, family, board_dsp):
     att_on = float(att.enabled)
     f["att"] = att_on
     f["att_lanes"] = att_on * att.lanes
+    sd = config.sparse_dense
+    f["sd"] = float(sd.enabled)
+    f["sd_dense"] = f["sd"] * sd.dense_lanes
+    f["sd_sparse"] = f["sd"] * sd.sparse_lanes
     return f
 
 
@@ -183,7 +238,7 @@ FEATURES = {
     "ice40": ["const", "shift", "bcq", "mul_lanes_acc", "logic_lanes", "shift_products",
               "bcq_slot_planes", "depth_bits"],
     "ecp5": ["const", "shift", "bcq", "mul_lanes_acc", "shift_products", "bcq_slot_planes",
-             "att", "att_lanes", "depth_bits"],
+             "att", "att_lanes", "depth_bits", "sd", "sd_dense", "sd_sparse", "shift_lanes_acc"],
 }
 
 
@@ -193,7 +248,8 @@ ATTENTION_PRIOR = {"ice40": dict(lut=4594, lut_lane=600, dsp=8, dsp_lane=0, bram
 
 #: Order in which features are fitted when the points cannot identify them all.
 PRIORITY = ["const", "mul_lanes_acc", "att_lanes", "logic_lanes", "shift_products",
-            "bcq_slot_planes", "att", "shift", "bcq", "depth_bits", "shift_lanes_acc"]
+            "bcq_slot_planes", "att", "sd", "sd_sparse", "sd_dense", "shift", "bcq",
+            "depth_bits", "shift_lanes_acc"]
 
 
 @dataclass
@@ -267,30 +323,36 @@ def _yosys_logic(m, family):
     return m["lut4"] + 2 * m["carry"] + 4 * m.get("lutram", 0)
 
 
-def _has_attention(config):
-    """1.0 when the configuration has an attention unit (softmax or sparse-dense), else 0.0."""
-    sd = getattr(config, "sparse_dense", None)
-    return float(config.attention.enabled or bool(sd is not None and sd.enabled))
+def _unit_flags(config):
+    """The fmax model's unit terms: the softmax attention unit's presence, the sparse-dense
+    unit's presence and its lanes ``W_d + W_s`` (the units that hold the critical path when
+    present; the sparse-dense unit's lanes share the Q/K/V banks' fan-out)."""
+    sd = config.sparse_dense
+    return (float(config.attention.enabled), float(sd.enabled),
+            float(sd.enabled) * (sd.dense_lanes + sd.sparse_lanes))
 
 
 def _fit_fmax(points, default):
-    """``(intercept, slope, attention_step, margin)`` of ``fmax ≈ intercept + slope·u +
-    step·a`` over placed points ``[(utilization u, attention a, fmax MHz)]``.
+    """``(intercept, slope, steps, margin)`` of ``fmax ≈ intercept + slope·u + Σ steps[i]·a_i``
+    over placed points ``[(utilization u, (a_0, a_1, ...), fmax MHz)]``, ``a_i`` the presence
+    of a unit that holds the critical path (:func:`_unit_flags`).
 
-    The attention unit holds the critical path when present (measured on ECP5: 44.9–51.9 MHz
-    with it from 9 to 17 % of the device, 61.8 MHz without), so it gets its own term when the
-    points vary it; utilization gets a slope only when the points show fmax falling with it
-    (a rising trend is noise: slope 0). The margin is the largest relative over-prediction on
-    the points, at least 5 %."""
+    The attention units hold the critical path when present (measured on ECP5: 44.9–51.9 MHz
+    with the softmax unit from 9 to 17 % of the device; 44.7, 39.6 and 35.3 MHz with the
+    sparse-dense unit of 2, 4 and 6 lanes; 61.8 MHz with neither), so each term gets a
+    coefficient when the points vary it; utilization
+    gets a slope only when the points show fmax falling with it (a rising trend is noise:
+    slope 0). The margin is the largest relative over-prediction on the points, at least
+    5 %."""
     import numpy as np
     if not points:
-        return default, 0.0, 0.0, 0.05
-    u, a, f = (np.array(col, dtype=float) for col in zip(*points))
-    cols = [np.ones_like(u)]
-    use_att = len(set(a)) > 1
-    use_u = len(points) >= 2 + use_att and len(set(u)) > 1
-    if use_att:
-        cols.append(a)
+        return default, 0.0, (), 0.05
+    u = np.array([p[0] for p in points], dtype=float)
+    flags = np.array([p[1] for p in points], dtype=float).reshape(len(points), -1)
+    f = np.array([p[2] for p in points], dtype=float)
+    varied = [i for i in range(flags.shape[1]) if len(set(flags[:, i])) > 1]
+    cols = [np.ones_like(u)] + [flags[:, i] for i in varied]
+    use_u = len(points) >= 1 + len(cols) and len(set(u)) > 1
     if use_u:
         cols.append(u)
     coef = np.linalg.lstsq(np.stack(cols, 1), f, rcond=None)[0]
@@ -299,11 +361,13 @@ def _fit_fmax(points, default):
         coef = np.linalg.lstsq(np.stack(cols, 1), f, rcond=None)[0]
         use_u = False
     icpt = float(coef[0])
-    step = float(coef[1]) if use_att else 0.0
+    steps = [0.0] * flags.shape[1]
+    for j, i in enumerate(varied):
+        steps[i] = float(coef[1 + j])
     slope = float(coef[-1]) if use_u else 0.0
-    pred = icpt + slope * u + step * a
+    pred = icpt + slope * u + flags @ np.array(steps)
     margin = max([0.05] + list((pred - f) / pred))
-    return icpt, slope, step, float(margin)
+    return icpt, slope, tuple(steps), float(margin)
 
 
 class ResourceModel:
@@ -347,25 +411,24 @@ class ResourceModel:
             self.coef_lut[fam] = self._fit(names, F, y_lut, self.coef_lut.get("ice40"))
             self.coef_ff[fam] = self._fit(names, F, y_ff, self.coef_ff.get("ice40"))
             # integer residual models of the link's and attention unit's BRAM, DSP, SPRAM
-            R = np.array([[1.0, float(c.attention.enabled),
-                           float(c.attention.enabled) * c.attention.lanes] for c in cfgs])
+            R = np.array([_integer_terms(c) for c in cfgs])
             fits = {}
-            for key, analytic in (("bram", lambda c: sum(map_bram(w, dd, g, fam) for _, w, dd, g
-                                                         in linear_memories(c.linear, fam))),
+            for key, analytic in (("bram", lambda c: _analytic_bram(c, fam)),
                                   ("dsp", None), ("spram", None)):
                 y = []
                 for c, m, d in zip(cfgs, ms, dsps):
                     if key == "bram":
                         base = analytic(c)
                     elif key == "dsp":
-                        base = linear_dsp(c.linear, fam, d)
+                        base = linear_dsp(c.linear, fam, d) + sparse_dense_address_dsp(
+                            c.sparse_dense)
                     else:
                         base = 0
                     y.append(m[key] - base)
                 fits[key] = [int(round(v)) for v in _lstsq(R, np.array(y, dtype=float))]
             self.int_fit[fam] = fits
             # fmax against logic utilization and the attention unit's presence
-            fx = [(m["lut_placed"] / get_board(p["board"]).device.lut, _has_attention(c),
+            fx = [(m["lut_placed"] / get_board(p["board"]).device.lut, _unit_flags(c),
                    m["fmax"]) for p, m, c in zip(pts, ms, cfgs) if m.get("fmax")]
             self.fmax_fit[fam] = _fit_fmax(fx, {"ice40": 30.0, "ecp5": 50.0}[fam])
 
@@ -383,10 +446,10 @@ class ResourceModel:
         coef.update(fixed)
         return coef
 
-    def _attention_identified(self, fam):
-        """Whether the family's points include an attention unit (then its cost is fitted,
-        possibly inside the constant)."""
-        return any(p["family"] == fam and p["config"].get("attention", {}).get("enabled")
+    def _identified(self, fam, section):
+        """Whether the family's points include the unit of configuration ``section``
+        (``"attention"``, ``"sparse_dense"``): then its cost is fitted."""
+        return any(p["family"] == fam and p["config"].get(section, {}).get("enabled")
                    for p in self.fit_points)
 
     def estimate(self, config, board=None):
@@ -396,27 +459,32 @@ class ResourceModel:
         fam, dev = b.family, b.device
         if fam not in self.coef_lut:
             raise ValueError(f"no calibration for the {fam} family")
+        if config.sparse_dense.enabled and not self._identified(fam, "sparse_dense"):
+            raise ValueError(f"no calibration of the sparse_dense unit for the {fam} family")
         f = features(config, fam, dev.dsp)
         lut_parts = _split(self.coef_lut[fam], f)
         ff = sum(self.coef_ff[fam][n] * f[n] for n in FEATURES[fam])
         fits = self.int_fit[fam]
-        att_on = float(config.attention.enabled)
-        att_lanes = att_on * config.attention.lanes
+        terms = _integer_terms(config)
 
         def integer(key, base):
-            c0, c1, c2 = fits[key]
-            link = c0
-            att = c1 * att_on + c2 * att_lanes
+            c = fits[key]
+            link = c[0]
+            att = sum(ci * ti for ci, ti in zip(c[1:], terms[1:]))
             return base + link + att, link, att
 
         lin_bram = sum(map_bram(w, d, g, fam) for _, w, d, g in linear_memories(config.linear, fam))
-        bram, link_bram, att_bram = integer("bram", lin_bram)
+        sd_bram = sparse_dense_bram(config.sparse_dense, fam)
+        bram, link_bram, att_bram = integer("bram", lin_bram + sd_bram)
+        att_bram += sd_bram
         lin_dsp = linear_dsp(config.linear, fam, dev.dsp)
-        dsp, link_dsp, att_dsp = integer("dsp", lin_dsp)
+        sd_dsp = sparse_dense_address_dsp(config.sparse_dense)
+        dsp, link_dsp, att_dsp = integer("dsp", lin_dsp + sd_dsp)
+        att_dsp += sd_dsp
         lin_spram = 1 if (fam == "ice40" and config.linear.enabled and config.linear.mode == "bcq"
                           and config.linear.weight_depth <= 16384) else 0
         spram, _, _ = integer("spram", lin_spram)
-        if config.attention.enabled and not self._attention_identified(fam):
+        if config.attention.enabled and not self._identified(fam, "attention"):
             # No calibration point of this family varies the attention unit: the measured
             # softmax kernel alone on the iCE40UP5K (README, scripts/bench_attention.py:
             # 1 lane, d = 32, 4,594 LC, 8 DSP, 6 EBR) as a floor, so that the search never
@@ -430,8 +498,9 @@ class ResourceModel:
                 dsp += prior["dsp"] + prior["dsp_lane"] * extra
                 bram += prior["bram"]
         lut = max(1, round(sum(lut_parts.values())))
-        icpt, slope, att_step, margin = self.fmax_fit[fam]
-        fmax = icpt + slope * lut / dev.lut + att_step * _has_attention(config)
+        icpt, slope, steps, margin = self.fmax_fit[fam]
+        fmax = icpt + slope * lut / dev.lut + sum(s * a for s, a in zip(steps,
+                                                                       _unit_flags(config)))
         totals = dict(lut=dev.lut, ff=dev.ff, dsp=dev.dsp, bram=dev.bram, spram=dev.spram)
         parts = {
             "link": dict(lut=round(lut_parts["link"]), dsp=int(link_dsp), bram=int(link_bram)),
@@ -444,12 +513,27 @@ class ResourceModel:
                          parts)
 
 
+def _integer_terms(config):
+    """Regressors of the integer (DSP, block RAM, SPRAM) residual models: the link's
+    constant, the attention unit and its lanes, the sparse-dense unit and its lanes."""
+    att, sd = config.attention, config.sparse_dense
+    return [1.0, float(att.enabled), float(att.enabled) * att.lanes, float(sd.enabled),
+            float(sd.enabled) * (sd.dense_lanes + sd.sparse_lanes)]
+
+
+def _analytic_bram(config, family):
+    """Block RAMs of the memories listed from parameters (linear and sparse-dense units)."""
+    return (sum(map_bram(w, d, g, family) for _, w, d, g in linear_memories(config.linear, family))
+            + sparse_dense_bram(config.sparse_dense, family))
+
+
 def _split(coef, f):
-    """Logic per part: the constant is the link/top, ``att*`` the attention unit, the rest
-    the linear unit."""
+    """Logic per part: the constant is the link/top, ``att*`` and ``sd*`` the attention
+    unit (softmax or sparse-dense), the rest the linear unit."""
     parts = {"link": 0.0, "linear": 0.0, "attention": 0.0}
     for n, c in coef.items():
-        part = "link" if n == "const" else "attention" if n.startswith("att") else "linear"
+        part = ("link" if n == "const" else "attention" if n.startswith(("att", "sd"))
+                else "linear")
         parts[part] += c * f[n]
     return parts
 

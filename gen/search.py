@@ -4,16 +4,28 @@ resources and an accuracy floor (issue 14).
 A candidate is an :class:`~amaformer.gen.config.AcceleratorConfig`: the linear unit's weight
 encoding and bits (``mul`` int8/int6, ``shift`` with 4 or 7 magnitudes, ``bcq`` with 2–4
 planes), its lanes (``shift``: and products per lane), its memory depths (``max_k``, the K
-chunk of every layer; ``weight_depth``; ``max_n``), the softmax attention unit's lanes (or no
-attention unit, attention on the host, with ``host_attention``), and the clock target. Each is
-scored with models only, no synthesis:
+chunk of every layer; ``weight_depth``; ``max_n``), the attention mode — the softmax attention
+unit and its lanes, or no attention unit (attention on the host, with ``host_attention``), or,
+given fixed masks (``masks``, a :class:`~amaformer.gen.latency.MaskSchedule`), the sparse-dense
+coordinator under them and its dense/sparse lane split (entry memories sized for the masks by
+:func:`amaformer.gen.sparse_dense.config_for_split`) — and the clock target. Each is scored
+with models only, no synthesis:
 
 * latency: :func:`amaformer.gen.latency.model_latency`, the units' exact cycle models over the
   whole-model schedule, at the PLL's achievable clock; the link's time for the bytes it moves
   is reported beside it and counted only with ``link_counts``;
 * resources and fmax: :func:`amaformer.gen.resources.estimate` (calibrated from real builds);
 * accuracy: the whole-model cosine of the weight encoding on the device-exact path, from the
-  calibration data (measured once by ``scripts/calibrate.py --accuracy``, never recomputed here).
+  calibration data (measured once by ``scripts/calibrate.py --accuracy``, never recomputed here);
+  under masks, minus the masks' cost in cosine (``mask_penalty``, which ``amaformer search
+  --masks`` measures on the compiler's path before searching). The final check
+  (:mod:`amaformer.gen.search_accuracy`) measures the chosen candidates exactly, masks
+  included.
+
+Weight encoding per layer is not a variable: one linear unit serves every layer, so a layer
+cannot have an encoding of its own without a second linear unit and a compiler that places
+layers on units. Linear attention modes are not either: all-MiniLM-L6-v2 is a softmax model
+(replacing its attention changes the function, not just the hardware).
 
 Constraints (each ``<= 0`` when met): logic ``<= lut_margin ×`` the device's (routability),
 flip-flops, DSP, block RAM and SPRAM within the device, the clock at most the predicted fmax
@@ -62,6 +74,8 @@ class SearchSpace:
     lanes: tuple = (1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 40, 48, 56, 64)
     shift_inputs: tuple = (1, 2, 4)
     att_lanes: tuple = (1, 2, 3, 4, 6, 8, 12, 16)
+    sd_dense: tuple = (1, 2, 3, 4)              # sparse-dense unit (with masks): W_d
+    sd_sparse: tuple = (1, 2, 3, 4, 6, 8)       # and W_s
     max_k: tuple = (256, 384, 512, 1024)
     depth_factor: tuple = (1, 2, 4, 8)         # weight_depth = words(max_k) × factor
     max_n: tuple = (384, 512, 1536)
@@ -70,11 +84,12 @@ class SearchSpace:
         "ecp5": (25.0, 30.0, 35.0, 40.0, 45.0, 50.0, 55.0, 60.0, 65.0, 70.0, 75.0, 80.0,
                  90.0, 100.0)})
 
-    def size(self, family, encodings=None):
+    def size(self, family, encodings=None, masks=False):
         encs = encodings or self.encodings
         n_lin = sum(len(self.lanes) * (len(self.shift_inputs) if e.startswith("shift") else 1)
                     for e in encs)
-        return (n_lin * len(self.att_lanes) * len(self.max_k) * len(self.depth_factor)
+        n_att = len(self.att_lanes) + (len(self.sd_dense) * len(self.sd_sparse) if masks else 0)
+        return (n_lin * n_att * len(self.max_k) * len(self.depth_factor)
                 * len(self.max_n) * len(self.clocks[family]))
 
 
@@ -97,11 +112,23 @@ def pll_clock(family, osc_mhz, mhz):
     return fn(osc_mhz, mhz)["f_out_mhz"]
 
 
-def make_config(board, params, base=None):
+def attention_mode(params):
+    """``"softmax"``, ``"sparse_dense"`` or ``"host"``: where a point of the space runs
+    attention."""
+    if params.get("attention") == "sparse_dense":
+        return "sparse_dense"
+    return "softmax" if params["att_lanes"] else "host"
+
+
+def make_config(board, params, base=None, masks=None):
     """An :class:`AcceleratorConfig` from one point of the space (``params``: ``encoding``,
     ``lanes``, ``shift_inputs``, ``att_lanes`` (0: no attention unit), ``max_k``,
-    ``depth_factor``, ``max_n``, ``clock``). Raises ``ConfigError`` for an invalid one."""
-    from .config import AcceleratorConfig, AttentionConfig, LinearConfig
+    ``depth_factor``, ``max_n``, ``clock``; with ``attention = "sparse_dense"``, ``sd_dense``
+    and ``sd_sparse``: a sparse-dense unit sized for ``masks``, a
+    :class:`~amaformer.gen.latency.MaskSchedule`). Raises ``ConfigError`` for an invalid
+    one."""
+    from .config import (AcceleratorConfig, AttentionConfig, ConfigError, LinearConfig,
+                         SparseDenseConfig)
     mode, bits = _parse_encoding(params["encoding"])
     lin = dict(mode=mode, lanes=params["lanes"], max_k=params["max_k"],
                max_n=params["max_n"], weight_depth=1 << 20)
@@ -117,8 +144,14 @@ def make_config(board, params, base=None):
     att = (AttentionConfig(mode="softmax", enabled=True, lanes=params["att_lanes"])
            if params["att_lanes"] else AttentionConfig())
     base = base or AcceleratorConfig()
+    sd = SparseDenseConfig()
+    if attention_mode(params) == "sparse_dense":
+        if masks is None:
+            raise ConfigError("attention 'sparse_dense' needs masks")
+        sd = masks.unit(params["sd_dense"], params["sd_sparse"])
     return AcceleratorConfig(name=base.name, board=board, clock_mhz=float(params["clock"]),
-                             linear=LinearConfig(**lin), attention=att, uart=base.uart)
+                             linear=LinearConfig(**lin), attention=att, uart=base.uart,
+                             sparse_dense=sd)
 
 
 @dataclass
@@ -142,11 +175,23 @@ class Candidate:
     def objective_s(self):
         return self.latency.total_s(self.link_counts)
 
+    def describe(self):
+        """One line: encoding, lanes and attention."""
+        p = self.params
+        att = {"softmax": f"attention {p['att_lanes']} lanes",
+               "host": "attention on the host",
+               "sparse_dense": f"sparse-dense attention {p.get('sd_dense')}+"
+                               f"{p.get('sd_sparse')} lanes under masks"}[attention_mode(p)]
+        return f"{p['encoding']}, {p['lanes']} linear lanes, {att}"
+
     def row(self):
         r, lat = self.resources, self.latency
         return dict(encoding=self.params["encoding"], lanes=self.params["lanes"],
                     shift_inputs=self.params.get("shift_inputs", 1),
-                    att_lanes=self.params["att_lanes"], max_k=self.params["max_k"],
+                    attention=attention_mode(self.params),
+                    att_lanes=self.params["att_lanes"],
+                    sd_dense=self.params.get("sd_dense", 0),
+                    sd_sparse=self.params.get("sd_sparse", 0), max_k=self.params["max_k"],
                     weight_depth=self.config.linear.weight_depth,
                     max_n=self.params["max_n"], clock_mhz=round(self.clock_mhz, 3),
                     compute_s=round(lat.compute_s, 6), link_s=round(lat.link_s, 3),
@@ -178,27 +223,31 @@ def best_table_cosine(acc, encoding):
 
 
 def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lut_margin=0.85,
-             model=None, accuracy=None, base=None):
+             model=None, accuracy=None, base=None, masks=None, mask_penalty=0.0):
     """Score one point of the space: a :class:`Candidate` (``None`` when the point is not a
-    valid configuration)."""
+    valid configuration, or one the models cannot estimate). ``masks``: a
+    :class:`~amaformer.gen.latency.MaskSchedule` for sparse-dense points; their cosine is
+    the table's minus ``mask_penalty``."""
     from ..boards import get_board
     from .config import ConfigError
     from .latency import ACT_DEPTH, MINILM, model_latency
     from .resources import estimate
     b = get_board(board)
     try:
-        cfg = make_config(board, params, base)
-    except ConfigError:
+        cfg = make_config(board, params, base, masks)
+        res = estimate(cfg, board, model=model)
+    except (ConfigError, ValueError):
         return None
-    res = estimate(cfg, board, model=model)
     f_clk = pll_clock(b.family, b.clock_mhz, float(params["clock"]))
     cfg = cfg.replace(clock_mhz=round(f_clk, 4))
+    sparse = attention_mode(params) == "sparse_dense"
     try:
-        lat = model_latency(cfg, tokens, clock_mhz=f_clk)
+        lat = model_latency(cfg, tokens, clock_mhz=f_clk, masks=masks if sparse else None)
     except ValueError:
         return None
     acc = accuracy if accuracy is not None else accuracy_table(model)
-    cos = table_cosine(acc, params["encoding"], params["max_k"])
+    cos = table_cosine(acc, params["encoding"], params["max_k"]) - (mask_penalty if sparse
+                                                                     else 0.0)
     d = b.device
     limits = {
         "LUT": (res.lut, math.floor(lut_margin * d.lut), "LC" if b.family == "ice40" else "LUT4"),
@@ -209,22 +258,29 @@ def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lu
         "clock": (f_clk, res.feasible_clock_mhz, "MHz"),
         "cosine": (-cos if cos == cos else 0.0, -min_cosine, "cosine"),
     }
-    if cfg.attention.enabled:
+    if cfg.attention.enabled or sparse:
         per_token = 3 * MINILM.heads * MINILM.head_dim
-        limits["tokens"] = (tokens, ACT_DEPTH // per_token, "tokens")
+        limits["tokens"] = (tokens, min(ACT_DEPTH // per_token,
+                                        masks.tokens if sparse else ACT_DEPTH), "tokens")
     viol = {k: (need - allow) for k, (need, allow, _) in limits.items()}
     if cos != cos:
         viol["cosine"] = 1.0
     return Candidate(dict(params), cfg, res, lat, cos, f_clk, viol, limits, link_counts)
 
 
-def _suggest(trial, space, family, encodings, host_attention):
+def _suggest(trial, space, family, encodings, host_attention, masks=False):
     enc = trial.suggest_categorical("encoding", list(encodings))
     p = {"encoding": enc, "lanes": trial.suggest_categorical("lanes", list(space.lanes))}
     if enc.startswith("shift"):
         p["shift_inputs"] = trial.suggest_categorical("shift_inputs", list(space.shift_inputs))
-    att = list(space.att_lanes) + ([0] if host_attention else [])
-    p["att_lanes"] = trial.suggest_categorical("att_lanes", att)
+    if masks and trial.suggest_categorical("attention", ["softmax", "sparse_dense"]) \
+            == "sparse_dense":
+        p.update(attention="sparse_dense", att_lanes=0,
+                 sd_dense=trial.suggest_categorical("sd_dense", list(space.sd_dense)),
+                 sd_sparse=trial.suggest_categorical("sd_sparse", list(space.sd_sparse)))
+    else:
+        att = list(space.att_lanes) + ([0] if host_attention else [])
+        p["att_lanes"] = trial.suggest_categorical("att_lanes", att)
     p["max_k"] = trial.suggest_categorical("max_k", list(space.max_k))
     p["depth_factor"] = trial.suggest_categorical("depth_factor", list(space.depth_factor))
     p["max_n"] = trial.suggest_categorical("max_n", list(space.max_n))
@@ -232,32 +288,46 @@ def _suggest(trial, space, family, encodings, host_attention):
     return p
 
 
-def enumerate_space(space, family, encodings, host_attention=False):
+def _attention_points(space, host_attention, masks):
+    """The attention choices of the space: ``[{att_lanes, ...}]``."""
+    out = [dict(att_lanes=a) for a in list(space.att_lanes) + ([0] if host_attention else [])]
+    if masks:
+        out += [dict(attention="sparse_dense", att_lanes=0, sd_dense=wd, sd_sparse=ws)
+                for wd in space.sd_dense for ws in space.sd_sparse]
+    return out
+
+
+def enumerate_space(space, family, encodings, host_attention=False, masks=False):
     """Every point of ``space`` (for exhaustive checks of small spaces)."""
     import itertools
-    att = list(space.att_lanes) + ([0] if host_attention else [])
+    att = _attention_points(space, host_attention, masks)
     for enc in encodings:
         sis = space.shift_inputs if enc.startswith("shift") else (1,)
         for lanes, si, a, k, f, n, c in itertools.product(
                 space.lanes, sis, att, space.max_k, space.depth_factor, space.max_n,
                 space.clocks[family]):
-            p = dict(encoding=enc, lanes=lanes, att_lanes=a, max_k=k, depth_factor=f,
+            p = dict(encoding=enc, lanes=lanes, **a, max_k=k, depth_factor=f,
                      max_n=n, clock=c)
             if enc.startswith("shift"):
                 p["shift_inputs"] = si
             yield p
 
 
-def neighbours(params, space, family, encodings, host_attention=False):
+def neighbours(params, space, family, encodings, host_attention=False, masks=False):
     """The points one step from ``params``: each ordered variable to the next value below and
     above in its tuple, the weight encoding to any other allowed one (products per lane
-    added or dropped as the encoding needs); and each of those combined with a step of the
-    clock, which trades against everything else through the fmax model (more lanes at a
-    lower clock, say)."""
-    choices = {"lanes": space.lanes, "att_lanes": tuple(space.att_lanes) + ((0,) if
-                                                                     host_attention else ()),
-               "max_k": space.max_k, "depth_factor": space.depth_factor,
+    added or dropped as the encoding needs), with ``masks`` the attention mode switched
+    (softmax unit ↔ sparse-dense unit, at the fewest and at the middle of the other's lanes:
+    the fewest route at the highest clock); and each of those
+    combined with a step of the clock, which trades against everything else through the fmax
+    model (more lanes at a lower clock, say)."""
+    sparse = attention_mode(params) == "sparse_dense"
+    choices = {"lanes": space.lanes, "max_k": space.max_k, "depth_factor": space.depth_factor,
                "max_n": space.max_n, "clock": space.clocks[family]}
+    if sparse:
+        choices.update(sd_dense=space.sd_dense, sd_sparse=space.sd_sparse)
+    else:
+        choices["att_lanes"] = tuple(space.att_lanes) + ((0,) if host_attention else ())
     if params["encoding"].startswith("shift"):
         choices["shift_inputs"] = space.shift_inputs
 
@@ -272,6 +342,13 @@ def neighbours(params, space, family, encodings, host_attention=False):
                     yield dict(p, **{name: values[j]})
 
     singles = list(steps(params, [n for n in choices if n != "clock"]))
+    if masks:
+        q = {k: v for k, v in params.items()
+             if k not in ("attention", "att_lanes", "sd_dense", "sd_sparse")}
+        for pick in (min, lambda t: sorted(t)[len(t) // 2]):     # fewest lanes, and middle
+            singles.append(dict(q, att_lanes=pick(space.att_lanes)) if sparse else
+                           dict(q, attention="sparse_dense", att_lanes=0,
+                                sd_dense=pick(space.sd_dense), sd_sparse=pick(space.sd_sparse)))
     for enc in encodings:
         if enc != params["encoding"]:
             q = dict(params, encoding=enc)
@@ -330,9 +407,7 @@ def infeasible_message(cands, min_cosine, board, accuracy):
             allow_s = f"{allow:,}" + (" (the routability margin)" if k == "LUT" else "")
             parts.append(f"{k}: needs {need:,} {unit}, {board} allows {allow_s}: over by "
                          f"{v:,} ({100 * v / max(allow, 1):.0f} %)")
-    what = (f"{c.params['encoding']}, {c.params['lanes']} linear lanes, "
-            + (f"attention {c.params['att_lanes']} lanes" if c.params["att_lanes"]
-               else "no attention unit"))
+    what = c.describe()
     return f"no configuration fits {board}; the closest ({what}) fails " + "; ".join(parts)
 
 
@@ -349,8 +424,11 @@ def _pareto(cands):
 
 def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
            lut_margin=0.85, host_attention=False, space=None, seed=0, progress=None,
-           model=None, accuracy=None, base=None, timeout=None, refine_starts=6):
-    """Search the space for ``board``; returns a :class:`SearchResult`.
+           model=None, accuracy=None, base=None, timeout=None, refine_starts=6, masks=None,
+           mask_penalty=0.0):
+    """Search the space for ``board``; returns a :class:`SearchResult`. With ``masks`` (a
+    :class:`~amaformer.gen.latency.MaskSchedule`) the sparse-dense unit under them is an
+    attention choice too, its cosine the table's minus ``mask_penalty``.
 
     Optuna multi-objective TPE over (latency, logic) with the constraints of
     :func:`evaluate`, then a refinement from each of the ``refine_starts`` fastest feasible
@@ -384,12 +462,13 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
         if key not in seen:
             seen[key] = evaluate(board, p, min_cosine=min_cosine, tokens=tokens,
                                  link_counts=link_counts, lut_margin=lut_margin, model=model,
-                                 accuracy=acc, base=base)
+                                 accuracy=acc, base=base, masks=masks,
+                                 mask_penalty=mask_penalty)
             cands.append(seen[key])
         return seen[key]
 
     def objective(trial):
-        c = score(_suggest(trial, space, fam, encodings, host_attention))
+        c = score(_suggest(trial, space, fam, encodings, host_attention, masks is not None))
         if c is None:
             for k in CONSTRAINTS:
                 trial.set_constraint(k, 1e9)
@@ -427,7 +506,8 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
         improved = True
         while improved:
             improved = False
-            for p in neighbours(cur.params, space, fam, encodings, host_attention):
+            for p in neighbours(cur.params, space, fam, encodings, host_attention,
+                                masks is not None):
                 c = score(p)
                 if c is not None and c.feasible and rank(c) < rank(cur):
                     cur, improved = c, True
@@ -449,11 +529,13 @@ def default_config(board):
 # --- output -------------------------------------------------------------------------------------
 
 def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts,
-                  accuracy_checks=()):
+                  accuracy_checks=(), masks=None, mask_penalty=0.0):
     """``config.toml`` (the best, loadable by ``generate``/``build``/``run``), ``pareto.csv``,
     ``pareto.png`` (latency against logic, accuracy as colour), ``search.json``.
     ``accuracy_checks``: ``[(candidate, AccuracyCheck)]`` of the final accuracy check
-    (:mod:`amaformer.gen.search_accuracy`), recorded in ``search.json``."""
+    (:mod:`amaformer.gen.search_accuracy`), recorded in ``search.json``, as are the ``masks``
+    (their file, which ``run --masks`` needs when the chosen configuration has a sparse-dense
+    unit) and their measured ``mask_penalty``."""
     import csv
     import json
     from pathlib import Path
@@ -475,7 +557,12 @@ def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts,
                    latency=best.latency.to_dict(), config=best.config.to_dict(),
                    pareto=len(rows), png=str(png) if png else None,
                    accuracy_checks=[dict(candidate=c.row(), **chk.to_dict())
-                                    for c, chk in accuracy_checks])
+                                    for c, chk in accuracy_checks],
+                   masks=None if masks is None else dict(
+                       file=masks.path, tokens=masks.tokens,
+                       sparsity=round(masks.sparsity(), 4),
+                       cosine_penalty=round(mask_penalty, 6),
+                       used=best.config.sparse_dense.enabled))
     (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 

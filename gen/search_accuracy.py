@@ -48,9 +48,11 @@ class AccuracyCheck:
 
 
 def measure_cosine(args):
-    """``(config_dict, n_sentences)`` → ``{cosine_min, cosine_mean, sentences, seconds}`` or
-    ``{error}``: all-MiniLM-L6-v2 compiled for the configuration, its golden path on the first
-    ``n_sentences`` held-out sentences against float. Module-level so that Dask can ship it."""
+    """``(config_dict, n_sentences[, masks])`` → ``{cosine_min, cosine_mean, sentences,
+    seconds}`` or ``{error}``: all-MiniLM-L6-v2 compiled for the configuration (attention under
+    ``masks``, a mask file, when the configuration has a sparse-dense unit), its golden path
+    on the first ``n_sentences`` held-out sentences against float. Module-level so that Dask
+    can ship it."""
     import time
 
     from .attention import cosine
@@ -58,15 +60,18 @@ def measure_cosine(args):
     from .model.exact import reference
     from .model.minilm import load_minilm, load_sentences
     from .program import ProgramError, compile_program
-    config_dict, n_sentences = args
+    config_dict, n_sentences, *rest = args
+    masks = rest[0] if rest else None
     t0 = time.monotonic()
     config = AcceleratorConfig.from_dict(config_dict)
+    if not config.sparse_dense.enabled:
+        masks = None
     lm = load_minilm()
     calib, held = load_sentences()
     ids = [lm.ids(s) for s in held[:n_sentences]]
     try:
         program = compile_program(lm.model, config, [lm.ids(s) for s in calib],
-                                  max_tokens=max(len(i) for i in ids))
+                                  max_tokens=max(len(i) for i in ids), masks=masks)
     except ProgramError as e:
         return {"error": str(e)}
     hidden, _, _ = program.forward(ids)
@@ -100,16 +105,20 @@ def distinct_front(candidates, k):
 
 def accuracy_key(config):
     """What the compiled program's numerics depend on: the weight encoding, the K chunk (the
-    linear unit's ``max_k``) and the softmax format; lanes, depths and clock change only
-    speed (the golden models are lane-independent)."""
+    linear unit's ``max_k``), the softmax format and, under masks, the sparse-dense unit's
+    lane split (its partial states are merged per segment, which rounds differently from a
+    key-by-key fold by up to an output LSB); linear lanes, depths and clock change only
+    speed (the linear and softmax golden models are lane-independent)."""
     from .attention import SoftmaxFormat
     from .search import encoding_key
+    sd = config.sparse_dense
+    split = (sd.dense_lanes, sd.sparse_lanes) if sd.enabled else None
     return (encoding_key(config.linear), config.linear.max_k,
-            repr(SoftmaxFormat.from_config(config.attention)))
+            repr(SoftmaxFormat.from_config(sd if sd.enabled else config.attention)), split)
 
 
 def verify_front(candidates, floor, *, keys=3, batch=2, sentences=12, scheduler=None,
-                 workers=None, processes=True, on_result=None):
+                 workers=None, processes=True, on_result=None, masks=None):
     """The fastest feasible candidate whose measured whole-model cosine meets ``floor``.
 
     Candidates are walked fastest first; the numerics of the first ``keys`` distinct
@@ -137,7 +146,8 @@ def verify_front(candidates, floor, *, keys=3, batch=2, sentences=12, scheduler=
             break
         todo, pending = pending[:batch], pending[batch:]
         got = verify_candidates(todo, sentences=sentences, scheduler=scheduler,
-                                workers=workers, processes=processes, on_result=on_result)
+                                workers=workers, processes=processes, on_result=on_result,
+                                masks=masks)
         for c, chk in zip(todo, got):
             checks[accuracy_key(c.config)] = chk
             pairs.append((c, chk))
@@ -164,12 +174,14 @@ def shortfall(pairs, floor):
 
 
 def verify_candidates(candidates, *, sentences=12, scheduler=None, workers=None,
-                      processes=True, on_result=None):
+                      processes=True, on_result=None, masks=None):
     """Measure each candidate's whole-model cosine (:func:`measure_cosine`) in parallel on
     Dask; returns one :class:`AccuracyCheck` per candidate, in order. ``on_result(index,
-    check)`` is called as each finishes."""
+    check)`` is called as each finishes. ``masks``: the mask file sparse-dense candidates run
+    under."""
     from .parallel import map_parallel
-    items = [(c.config.to_dict(), sentences) for c in candidates]
+    items = [(c.config.to_dict(), sentences, None if masks is None else str(masks))
+             for c in candidates]
     checks = [None] * len(items)
     # Each measurement imports torch and loads the model; ``processes=False`` runs them as
     # threads of this process (tests).

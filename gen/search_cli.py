@@ -7,7 +7,7 @@ helpers, so that this module owns the command without editing the CLI's other co
 import sys
 from pathlib import Path
 
-__all__ = ["register", "run_search", "validate", "verify_best"]
+__all__ = ["register", "run_search", "validate", "verify_best", "measure_mask_penalty"]
 
 MODELS = ("minilm",)
 
@@ -40,8 +40,7 @@ def validate(cands, board, out_dir, *, scheduler=None, workers=None, log=print):
         out.append((c, rep))
         r = c.resources
         if isinstance(rep, dict):
-            log(f"  #{len(out)} {c.params['encoding']} {c.params['lanes']} lanes, att "
-                f"{c.params['att_lanes']}: LUT est {r.lut:,} placed {rep['lut']:,} "
+            log(f"  #{len(out)} {c.describe()}: LUT est {r.lut:,} placed {rep['lut']:,} "
                 f"({100 * (r.lut - rep['lut']) / max(rep['lut'], 1):+.1f} %), DSP {r.dsp}/"
                 f"{rep['dsp']}, BRAM {r.bram}/{rep['bram']}, fmax est {r.fmax_mhz:.1f} placed "
                 f"{rep['fmax_mhz']} MHz at {rep['clock_mhz']} MHz "
@@ -77,11 +76,14 @@ def verify_best(res, args, log=print):
         task = bar.add_task("whole-model accuracy", total=None)
         best, pairs, reason = verify_front(
             res.candidates, args.min_cosine, keys=args.verify, sentences=args.sentences,
-            scheduler=args.scheduler, on_result=lambda i, chk: bar.advance(task))
+            scheduler=args.scheduler, on_result=lambda i, chk: bar.advance(task),
+            masks=args.masks)
     for c, chk in pairs:
         what = chk.error or (f"cosine min {chk.cosine_min:.5f} mean {chk.cosine_mean:.5f} "
                              f"(table {chk.table:.5f}), {chk.seconds:.0f} s")
-        log(f"  {c.params['encoding']}, max_k {c.params['max_k']} (fastest such: "
+        masked = (f", sparse-dense {c.params['sd_dense']}+{c.params['sd_sparse']} under masks"
+                  if c.config.sparse_dense.enabled else "")
+        log(f"  {c.params['encoding']}, max_k {c.params['max_k']}{masked} (fastest such: "
             f"{c.objective_s * 1e3:.2f} ms): {what}")
     if best is None:
         print(f"amaformer: infeasible: accuracy: {reason} (more candidates: --verify K; skip "
@@ -91,9 +93,51 @@ def verify_best(res, args, log=print):
     return replace(res, best=replace(best, cosine=chk.cosine_min)), pairs
 
 
+def measure_mask_penalty(masks, table, *, sentences=12, scheduler=None, log=print):
+    """The masks' cost in whole-model cosine: all-MiniLM-L6-v2 compiled with the calibration
+    table's best encoding at ``max_k`` 512, once with a sparse-dense unit under ``masks`` (a
+    :class:`~amaformer.gen.latency.MaskSchedule` read from a file) and once with dense
+    attention on the softmax unit, both golden paths against float on the same ``sentences``
+    held-out sentences (two Dask tasks, about 40 s). Returns ``(penalty, cosine under
+    masks)``, the penalty the difference of the two minima (at least 0)."""
+    from .config import AcceleratorConfig, AttentionConfig, LinearConfig
+    from .parallel import map_parallel
+    from .search import _parse_encoding
+    from .search_accuracy import measure_cosine
+    from .sparse_dense import config_from_masks
+    if masks.path is None:
+        raise ValueError("the masks' cost is measured from a mask file; save the masks "
+                         "(gen.masks.save_masks) and load them from it")
+    dense = {k: v for k, v in table.items() if "@" not in k}
+    enc = max(dense, key=dense.get)
+    mode, bits = _parse_encoding(enc)
+    lin = LinearConfig(mode=mode, **{"mul": {"weight_bits": bits},
+                                     "shift": {"shift_levels": bits},
+                                     "bcq": {"bcq_bits": bits}}[mode])
+    masked = AcceleratorConfig(board="ulx3s-85f", linear=lin,
+                               sparse_dense=config_from_masks(masks.keep, lanes=4))
+    plain = AcceleratorConfig(board="ulx3s-85f", linear=lin,
+                              attention=AttentionConfig(enabled=True))
+    log(f"measuring the masks' cost: {enc} with attention under {masks.path} "
+        f"(sparsity {masks.sparsity():.2f}) and without, the golden path on {sentences} "
+        f"held-out sentences ...")
+    got = map_parallel(measure_cosine, [(masked.to_dict(), sentences, masks.path),
+                                        (plain.to_dict(), sentences)],
+                       scheduler=scheduler, workers=2)
+    for res in got:
+        if isinstance(res, Exception) or "error" in res:
+            raise ValueError(f"--masks {masks.path}: the model does not compile under them: "
+                             f"{res if isinstance(res, Exception) else res['error']}")
+    under, without = got[0]["cosine_min"], got[1]["cosine_min"]
+    penalty = max(0.0, without - under)
+    log(f"  cosine min {under:.5f} under the masks against {without:.5f} with dense "
+        f"attention: sparse-dense candidates count {penalty:.5f} less")
+    return penalty, under
+
+
 def run_search(args, log=print):
-    """The command's work; returns the exit status. Raises ``CliError``-like ``ValueError``
-    subclasses for bad input (the caller prints them)."""
+    """The command's work; returns the exit status. ``args.mask_schedule``: the loaded
+    ``--masks`` (a :class:`~amaformer.gen.latency.MaskSchedule`) or ``None``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from ..boards import get_board
@@ -101,6 +145,16 @@ def run_search(args, log=print):
     board = get_board(args.board).name
     if args.model not in MODELS:
         raise ValueError(f"--model must be one of {', '.join(MODELS)}, not {args.model!r}")
+    masks, penalty = getattr(args, "mask_schedule", None), 0.0
+    if masks is not None:
+        from .search import accuracy_table
+        try:
+            penalty, _ = measure_mask_penalty(masks, accuracy_table(),
+                                              sentences=args.sentences,
+                                              scheduler=args.scheduler, log=log)
+        except ValueError as e:
+            print(f"amaformer: {e}", file=sys.stderr)
+            return 2
     with Progress("[progress.description]{task.description}", BarColumn(),
                   MofNCompleteColumn(), TimeElapsedColumn(), transient=True,
                   console=None) as bar:
@@ -109,13 +163,14 @@ def run_search(args, log=print):
             res = search(board, min_cosine=args.min_cosine, trials=args.trials,
                          tokens=args.tokens, link_counts=args.link_counts,
                          lut_margin=args.lut_margin, host_attention=args.host_attention,
-                         seed=args.seed,
+                         seed=args.seed, masks=masks, mask_penalty=penalty,
                          progress=lambda done, total: bar.update(task, completed=done))
         except Infeasible as e:
             print(f"amaformer: infeasible: {e}", file=sys.stderr)
             return 1
     checks = []
-    if args.verify and not res.best.config.attention.enabled:
+    if args.verify and not (res.best.config.attention.enabled
+                            or res.best.config.sparse_dense.enabled):
         log("not verifying accuracy: the best candidate has no attention unit, and the "
             "whole-model compiler needs one; its cosine is the calibration table's")
     elif args.verify:
@@ -124,17 +179,14 @@ def run_search(args, log=print):
             return 1
     summary = write_outputs(res, args.out, board=board, min_cosine=args.min_cosine,
                             tokens=args.tokens, link_counts=args.link_counts,
-                            accuracy_checks=checks)
+                            accuracy_checks=checks, masks=masks, mask_penalty=penalty)
     b = res.best
     from .latency import model_latency
     d = default_config(board)
     d_lat = model_latency(d, args.tokens)
     r = b.resources
-    log(f"best of {res.trials} trials in {res.seconds:.1f} s: {b.params['encoding']}, "
-        f"{b.params['lanes']} linear lanes, "
-        + (f"attention {b.params['att_lanes']} lanes, " if b.params["att_lanes"] else
-           "attention on the host, ")
-        + f"max_k {b.params['max_k']}, clock {b.clock_mhz:.2f} MHz")
+    log(f"best of {res.trials} trials in {res.seconds:.1f} s: {b.describe()}, "
+        f"max_k {b.params['max_k']}, clock {b.clock_mhz:.2f} MHz")
     log(f"  whole model ({args.tokens} tokens): compute {b.latency.compute_s * 1e3:.2f} ms "
         f"({b.latency.cycles:,} cycles), link {b.latency.link_s:.1f} s at "
         f"{b.config.uart.baud} baud ({'counted' if args.link_counts else 'not counted'}); "
@@ -147,6 +199,9 @@ def run_search(args, log=print):
            else "(calibration table, not measured)"))
     log(f"  wrote {args.out}/config.toml, pareto.csv ({summary['pareto']} points), "
         f"pareto.png, search.json")
+    if b.config.sparse_dense.enabled:
+        log(f"  run it with its masks: amaformer run --model minilm --config "
+            f"{args.out}/config.toml --masks {masks.path}")
     if args.validate:
         from .search_accuracy import distinct_front
         picks = distinct_front(res.candidates, args.validate)
@@ -186,6 +241,10 @@ def register(subcommand, arg, usage_error):
             help="allow designs without an attention unit (attention on the host; the "
                  "whole-model program needs one, `run --layer minilm` does not)"),
         arg("--seed", type=int, default=0, help="sampler seed (default 0)"),
+        arg("--masks", metavar="M.npz", default=None,
+            help="fixed attention masks (amaformer masks): the sparse-dense unit under them "
+                 "becomes an attention choice, its dense/sparse lane split a variable, its "
+                 "cosine the table's minus the masks' cost, measured first (about 40 s)"),
         arg("--verify", type=int, default=3, metavar="K",
             help="measure the whole-model cosine on the compiler's bit-exact path for the "
                  "fastest candidates, one per encoding and max_k, at most K of them (about "
@@ -199,7 +258,9 @@ def register(subcommand, arg, usage_error):
         arg("--scheduler", default=None, metavar="tcp://HOST:PORT",
             help="Dask scheduler for the --verify accuracy runs and --validate builds "
                  "(default: a local cluster on this machine's cores)"),
-        description="Search weight encoding and bits, linear lanes, attention lanes, memory "
+        description="Search weight encoding and bits, linear lanes, the attention mode "
+                    "(softmax unit and its lanes; with --masks the sparse-dense unit and its "
+                    "lane split), memory "
                     "depths and clock for the lowest whole-model latency (the units' exact "
                     "cycle models over the compiled schedule, at the PLL's clock) under the "
                     "board's resources with a routability margin, the predicted fmax with the "
@@ -220,6 +281,22 @@ def register(subcommand, arg, usage_error):
             raise usage_error(f"--sentences must be at least 1, not {args.sentences}")
         if not 0 < args.min_cosine <= 1:
             raise usage_error(f"--min-cosine must be in (0, 1], not {args.min_cosine}")
+        args.mask_schedule = None
+        if args.masks:
+            from .latency import MaskSchedule
+            if not Path(args.masks).is_file():
+                raise usage_error(f"--masks {args.masks}: no such file (amaformer masks --out "
+                                  f"{args.masks} makes one)")
+            try:
+                args.mask_schedule = MaskSchedule(args.masks)
+            except ValueError as e:             # MaskError: not a mask file
+                raise usage_error(f"--masks {args.masks}: {e}") from None
+            from .latency import MINILM
+            shape = tuple(args.mask_schedule.keep.shape[:2])
+            if shape != (MINILM.layers, MINILM.heads):
+                raise usage_error(f"--masks {args.masks}: masks of {shape[0]} layers × "
+                                  f"{shape[1]} heads, the model has {MINILM.layers} × "
+                                  f"{MINILM.heads}")
         return run_search(args)
 
     return cmd_search

@@ -49,6 +49,7 @@ from .attention import SoftmaxFormat, exp2_fixed, rshift_round, softmax_normaliz
 from .masks import MaskError, Polarized, check_mask, load_masks
 
 __all__ = ["HeadPlan", "split_coo", "plan_head", "plan_job", "lane_split", "config_from_masks",
+           "config_for_split",
            "segment_states", "merge_states", "partial_states", "sparse_dense_golden", "pack_job",
            "Job", "unit_limits", "head_order", "sparse_dense_cycles", "sparse_dense_job_cycles",
            "busy_fractions", "simulate_job", "run_mask_file"]
@@ -548,28 +549,47 @@ def config_from_masks(masks, lanes=4, *, head_dim=32, heads=None, qkv_buffers=3,
 
     ``masks``: a mask file (:func:`~amaformer.gen.masks.load_masks`) or an ``L×H×N×N`` /
     ``H×N×N`` bool tensor. ``lanes`` total lanes are split into ``(W_d, W_s)`` by
-    :func:`lane_split` over every head of every layer; ``max_tokens`` is the masks' ``N``,
-    ``heads`` their ``H`` (unless given); the entry memories hold the largest job's lists
-    times ``margin`` (sparse: rounded up to a power of two). Other ``fields`` pass through.
+    :func:`lane_split` over every head of every layer; the rest is
+    :func:`config_for_split`'s. Other ``fields`` pass through.
     """
-    from .config import SparseDenseConfig
-    from .masks import load_masks
+    keep = _layer_masks(masks)
+    L, H = keep.shape[:2]
+    wd, ws = lane_split([keep[li, h] for li in range(L) for h in range(H)], lanes, head_dim)
+    return config_for_split(keep, wd, ws, head_dim=head_dim, heads=heads,
+                            qkv_buffers=qkv_buffers, margin=margin, enabled=enabled, **fields)
+
+
+def _layer_masks(masks):
+    """``L×H×N×N`` bool of a mask file or tensor (``H×N×N``: one layer), checked."""
     if isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__"):
         masks, _ = load_masks(masks)
     keep = torch.as_tensor(masks).to(torch.bool)
     if keep.dim() == 3:
         keep = keep[None]
     check_mask(keep)
+    return keep
+
+
+def config_for_split(masks, dense_lanes, sparse_lanes, *, head_dim=32, heads=None,
+                     qkv_buffers=3, margin=1.25, enabled=True, **fields):
+    """A :class:`~amaformer.gen.config.SparseDenseConfig` of a given lane split
+    ``(dense_lanes, sparse_lanes)`` sized for ``masks`` (as :func:`config_from_masks`):
+    ``max_tokens`` is the masks' ``N``, ``heads`` their ``H`` (unless given); the entry
+    memories hold the largest job's lists under this split times ``margin`` (sparse: rounded
+    up to a power of two). The search (:mod:`amaformer.gen.search`) calls it for every split
+    it tries."""
+    from .config import SparseDenseConfig
+    keep = _layer_masks(masks)
     L, H, n, _ = keep.shape
-    wd, ws = lane_split([keep[li, h] for li in range(L) for h in range(H)], lanes, head_dim)
     dense_need = sparse_need = 1
     for li in range(L):
-        plans = plan_job(keep[li], wd, ws)
+        plans = plan_job(keep[li], dense_lanes, sparse_lanes)
         dense_need = max(dense_need, sum(len(p.dense_pairs_list()) + 1 for p in plans))
         sparse_need = max(sparse_need, max(sum(len(p.lanes[s]) + 1 for p in plans)
-                                           for s in range(ws)))
+                                           for s in range(sparse_lanes)))
     return SparseDenseConfig(
-        dense_lanes=wd, sparse_lanes=ws, heads=heads or H, head_dim=head_dim, max_tokens=n,
+        dense_lanes=dense_lanes, sparse_lanes=sparse_lanes, heads=heads or H,
+        head_dim=head_dim, max_tokens=n,
         dense_depth=math.ceil(dense_need * margin),
         sparse_depth=1 << max(1, math.ceil(sparse_need * margin) - 1).bit_length(),
         qkv_buffers=qkv_buffers, enabled=enabled, **fields)

@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Benchmark of the design-space search (issue 14): estimator error on held-out builds, the
-latency composition against the exact cycle models, the search's gap to the exhaustive optimum
-of a small space and its wall time, and the searched configurations against the defaults.
+latency composition against the exact cycle models (softmax unit, and the sparse-dense unit
+against the compiler's ``program_cycles``), the search's gap to the exhaustive optimum of a
+small space and its wall time, the searched configurations against the defaults, and the
+attention mode under all-MiniLM-L6-v2's 50 % calibration masks (``masked``).
 
 The resource model is refitted on the calibration set only (``"calib"`` points of
 ``gen/calibration.json``) and scored on the ``"heldout"`` points, which were built by
@@ -11,14 +13,16 @@ Usage::
 
     python scripts/bench_search.py --json OUT.json [--trials 300] [--skip gap,searched]
 
-``--skip`` leaves out parts (``estimator``, ``cycles``, ``gap``, ``searched``): the estimator
-and cycle parts take seconds, the gap and the searched configurations a few minutes of CPU.
+``--skip`` leaves out parts (``estimator``, ``cycles``, ``gap``, ``searched``, ``masked``): the
+estimator takes seconds, the cycle check half a minute, the gap, the searched configurations and
+the masked search a few minutes of CPU each.
 """
 
 import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -83,7 +87,92 @@ def cycles(log):
             b = attention_cycles("softmax", 12, t, 32, lanes)
             worst = max(worst, abs(a - b) / b)
     log(f"  attention composition vs exact model: max relative error {worst}")
+    return max(worst, sparse_dense_cycles(log))
+
+
+def _minilm_masks(sparsity=0.5, tokens=32):
+    """all-MiniLM-L6-v2's calibration masks (``amaformer masks``), made once, cached."""
+    from amaformer.gen.latency import MaskSchedule
+    from amaformer.gen.masks import load_masks, save_masks
+    from amaformer.gen.minilm_presets import minilm_masks
+    path = Path("out/masks") / f"minilm{tokens}_s{round(100 * sparsity)}.npz"
+    if not path.is_file():
+        keep, meta = minilm_masks(tokens, sparsity=sparsity)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_masks(path, keep, **meta)
+    load_masks(path)
+    return MaskSchedule(path)
+
+
+def sparse_dense_cycles(log):
+    """The search's sparse-dense composition (``gen.latency.MaskSchedule``) against the
+    compiler's ``program_cycles`` of all-MiniLM-L6-v2 compiled with the masks, per split and
+    sentence length."""
+    from amaformer.gen.latency import model_latency
+    from amaformer.gen.model.minilm import load_minilm, load_sentences
+    from amaformer.gen.program import compile_program, program_cycles
+    from amaformer.gen.search import make_config
+    from amaformer.hdl.top import DEFAULT_ACT_DEPTH, DEFAULT_OUT_DEPTH
+    masks = _minilm_masks()
+    lm = load_minilm()
+    calib, _ = load_sentences()
+    worst = 0.0
+    for wd, ws in ((1, 3), (2, 6), (3, 1)):
+        cfg = make_config("ulx3s-85f", dict(encoding="mul8", lanes=16, attention="sparse_dense",
+                                            att_lanes=0, sd_dense=wd, sd_sparse=ws, max_k=512,
+                                            depth_factor=1, max_n=512, clock=40.0), masks=masks)
+        program = compile_program(lm.model, cfg, [lm.ids(x) for x in calib[:4]],
+                                  masks=masks.keep)
+        for t in (12, 24, 32):
+            exact = sum(ly["attention"] for ly in program_cycles(
+                program, [t], act_depth=DEFAULT_ACT_DEPTH, out_depth=DEFAULT_OUT_DEPTH))
+            got = model_latency(cfg, t, masks=masks).attention_cycles
+            worst = max(worst, abs(got - exact) / exact)
+    log(f"  sparse-dense composition vs program_cycles: max relative error {worst}")
     return worst
+
+
+def masked(log, trials, floors=(0.99, 0.93)):
+    """The attention mode under all-MiniLM-L6-v2's 50 % calibration masks (32 tokens): the
+    masks' measured cost in cosine, then per floor the search with the masks against the one
+    without, the chosen candidate measured on the compiler's path (with its masks), and the
+    fastest feasible sparse-dense candidate the search saw (what the choice was against)."""
+    from amaformer.gen.search import attention_mode
+    from amaformer.gen.search import accuracy_table, search
+    from amaformer.gen.search_accuracy import check_for, verify_front
+    from amaformer.gen.search_cli import measure_mask_penalty
+    masks = _minilm_masks()
+    penalty, cos_masked = measure_mask_penalty(masks, accuracy_table(), log=log)
+    out = dict(masks=masks.path, sparsity=masks.sparsity(), sparsity_24=masks.sparsity(24),
+               cosine_masked=cos_masked, penalty=penalty, floors={})
+    for floor in floors:
+        dense = search("ulx3s-85f", trials=trials, min_cosine=floor).best
+        res = search("ulx3s-85f", trials=trials, min_cosine=floor, masks=masks,
+                     mask_penalty=penalty)
+        best, pairs, reason = verify_front(res.candidates, floor, keys=3, sentences=12,
+                                           masks=masks.path)
+        row = dict(dense=dense.row(), reason=reason)
+        sds = [c for c in res.candidates if c is not None and c.feasible
+               and attention_mode(c.params) == "sparse_dense"]
+        if sds:
+            sd = min(sds, key=lambda c: c.objective_s)
+            row["fastest_sparse_dense"] = dict(sd.row(), fmax_mhz=sd.resources.fmax_mhz,
+                                               attention_cycles=sd.latency.attention_cycles)
+            log(f"  floor {floor}: fastest feasible sparse-dense candidate {sd.describe()}, "
+                f"{sd.objective_s * 1e3:.2f} ms at {sd.clock_mhz:.1f} MHz (fmax "
+                f"{sd.resources.fmax_mhz:.1f}), attention {sd.latency.attention_cycles:,} "
+                f"cycles")
+        if best is not None:
+            row.update(best=best.row(), cosine_measured=check_for(best, pairs).cosine_min,
+                       speedup_vs_dense=dense.objective_s / best.objective_s)
+            log(f"  floor {floor}: {best.describe()}, {best.objective_s * 1e3:.2f} ms "
+                f"(attention {best.latency.attention_cycles:,} cycles), measured cosine "
+                f"{row['cosine_measured']:.5f}; dense attention best "
+                f"{dense.objective_s * 1e3:.2f} ms ({row['speedup_vs_dense']:.3f}x)")
+        else:
+            log(f"  floor {floor}: nothing meets it: {reason}")
+        out["floors"][str(floor)] = row
+    return out
 
 
 SMALL = dict(encodings=("mul8",), lanes=(4, 8, 16, 24, 32, 48, 64), att_lanes=(1, 2, 4, 8, 16),
@@ -174,7 +263,8 @@ def main(argv=None):
     ap.add_argument("--trials", type=int, default=300)
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to leave out: estimator, cycles, gap, searched, "
-                         "verify (the searched configurations' measured accuracy)")
+                         "verify (the searched configurations' measured accuracy), masked "
+                         "(the search with all-MiniLM-L6-v2's calibration masks)")
     args = ap.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
     log = lambda s: print(s, flush=True)          # noqa: E731
@@ -198,6 +288,9 @@ def main(argv=None):
         res["search_s"] = times["ulx3s-85f"]["wall"]
         res["search_cpu_s"] = times["ulx3s-85f"]["cpu"]
         res["seed_spread"] = {b: v["seed_spread"] for b, v in boards.items()}
+    if "masked" not in skip:
+        log("attention under fixed masks (sparse-dense unit):")
+        res["masked"] = masked(log, args.trials)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=1, default=str)
         f.write("\n")

@@ -42,9 +42,17 @@ GRID_CLOCK = {"ice40": 30.0, "ecp5": 50.0}
 ATT = dict(mode="softmax", enabled=True)
 
 
-def _p(name, board, lin=None, att=None, pnr=False, clock=None, which="calib"):
+def _p(name, board, lin=None, att=None, pnr=False, clock=None, which="calib", sd=None):
     return dict(name=name, board=board, linear=lin or {}, attention=att, pnr=pnr, clock=clock,
-                set=which)
+                set=which, sparse_dense=sd)
+
+
+def _sd(dense_lanes, sparse_lanes, dense_depth, sparse_depth):
+    """A sparse-dense unit sized as ``gen.sparse_dense.config_for_split`` sizes it for
+    all-MiniLM-L6-v2's 32-token calibration masks at 50 % sparsity (``amaformer masks
+    --tokens 32 --sparsity 0.5``), the search's ``--masks`` case."""
+    return dict(dense_lanes=dense_lanes, sparse_lanes=sparse_lanes, max_tokens=32,
+                dense_depth=dense_depth, sparse_depth=sparse_depth, enabled=True)
 
 
 #: (name, board, linear overrides, attention overrides or None, place-and-route?)
@@ -76,6 +84,15 @@ POINTS = [
     _p("e-shift8g2a2", "ulx3s-85f", dict(mode="shift", lanes=8, shift_inputs=2),
        dict(ATT, lanes=2)),
     _p("e-bcq4q3a4", "ulx3s-85f", dict(mode="bcq", lanes=4, bcq_bits=3), ATT),
+    # ULX3S-85F: linear unit + sparse-dense coordinator (attention under fixed masks)
+    _p("e-l16sd1x3", "ulx3s-85f", dict(mode="mul", lanes=16), sd=_sd(1, 3, 1954, 2048),
+       pnr=True),
+    _p("e-l32sd2x6", "ulx3s-85f", dict(mode="mul", lanes=32), sd=_sd(2, 6, 972, 1024),
+       pnr=True),
+    _p("e-l8sd4x4", "ulx3s-85f", dict(mode="mul", lanes=8), sd=_sd(4, 4, 1080, 2048)),
+    _p("e-l64sd1x1", "ulx3s-85f", dict(mode="mul", lanes=64), sd=_sd(1, 1, 4307, 8192),
+       pnr=True),
+    _p("e-shift16sd2x2", "ulx3s-85f", dict(mode="shift", lanes=16), sd=_sd(2, 2, 2150, 4096)),
     # held out (never used to fit; scripts/bench_search.py measures the estimator on them)
     _p("h-i-mul6", "icebreaker", dict(mode="mul", lanes=6), pnr=True, which="heldout"),
     _p("h-i-mul3", "icebreaker", dict(mode="mul", lanes=3), which="heldout"),
@@ -123,6 +140,12 @@ POINTS = [
        which="heldout"),
     _p("h-e-l48a4-k1024", "ulx3s-85f", dict(mode="mul", lanes=48, max_k=1024, max_n=1024,
                                             weight_depth=2048), ATT, which="heldout"),
+    _p("h-e-l24sd1x2", "ulx3s-85f", dict(mode="mul", lanes=24), sd=_sd(1, 2, 2673, 4096),
+       which="heldout"),
+    _p("h-e-l48sd3x5", "ulx3s-85f", dict(mode="mul", lanes=48), sd=_sd(3, 5, 1032, 2048),
+       which="heldout"),
+    _p("h-e-l32w6sd2x4", "ulx3s-85f", dict(mode="mul", lanes=32, weight_bits=6),
+       sd=_sd(2, 4, 1335, 2048), pnr=True, which="heldout"),
 ]
 
 #: Interleave the two families so that two workers keep both busy, and the slow ECP5 points do
@@ -136,12 +159,15 @@ def point_config(point):
     """The :class:`AcceleratorConfig` of a grid point (the board's family clock unless the
     point names one)."""
     from amaformer.boards import get_board
-    from amaformer.gen.config import AcceleratorConfig, AttentionConfig, LinearConfig
+    from amaformer.gen.config import (AcceleratorConfig, AttentionConfig, LinearConfig,
+                                      SparseDenseConfig)
     board = get_board(point["board"])
     att = AttentionConfig(**point["attention"]) if point["attention"] else AttentionConfig()
+    sd = SparseDenseConfig(**(point.get("sparse_dense") or {}))
     return AcceleratorConfig(name="amaformer", board=point["board"],
                              clock_mhz=point.get("clock") or GRID_CLOCK[board.family],
-                             linear=LinearConfig(**point["linear"]), attention=att)
+                             linear=LinearConfig(**point["linear"]), attention=att,
+                             sparse_dense=sd)
 
 
 # --- one point ----------------------------------------------------------------------------------
