@@ -453,7 +453,14 @@ class ResourceModel:
                    for p in self.fit_points)
 
     def estimate(self, config, board=None):
-        """:class:`Resources` of ``config`` on ``board`` (default: the configuration's)."""
+        """:class:`Resources` of ``config`` on ``board`` (default: the configuration's).
+
+        Raises
+        ------
+        ValueError
+            The calibration has no point of the board's family, or none with a unit the
+            configuration enables that has no prior (the sparse-dense unit on iCE40).
+        """
         from ..boards import get_board
         b = get_board(board or config.board)
         fam, dev = b.family, b.device
@@ -558,5 +565,6 @@ def _model(path=None):
 
 def estimate(config, board=None, *, model=None):
     """Estimated :class:`Resources` of ``config`` on ``board`` with the shipped calibration
-    (or ``model``, a :class:`ResourceModel`)."""
+    (or ``model``, a :class:`ResourceModel`); raises ``ValueError`` as
+    :meth:`ResourceModel.estimate`."""
     return (model or _model()).estimate(config, board)
