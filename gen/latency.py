@@ -222,8 +222,8 @@ class MaskSchedule:
     """
 
     def __init__(self, masks, path=None):
-        from .sparse_dense import _layer_masks
-        self.keep = _layer_masks(masks)
+        from .sparse_dense import layer_masks
+        self.keep = layer_masks(masks)
         self.path = None if path is None else str(path)
         if self.path is None and (isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__")):
             self.path = str(masks)
@@ -262,14 +262,12 @@ class MaskSchedule:
 
     def _layer(self, li, tokens, dim, sd):
         from ..hdl.sparse_dense_spec import HEAD_PARAMS, dense_entry_layout, sparse_entry_layout
-        from .sparse_dense import head_order, plan_job, sparse_dense_job_cycles
+        from .sparse_dense import ordered_job_cycles, plan_job
         if tokens > self.tokens:
             raise ValueError(f"sentences of {tokens} tokens do not fit masks made for "
                              f"{self.tokens}")
         plans = plan_job(self.keep[li, :, :tokens, :tokens], sd.dense_lanes, sd.sparse_lanes)
-        order = head_order(plans, tokens, dim, sd.dense_lanes, sd.qkv_buffers)
-        cycles = sparse_dense_job_cycles([plans[i] for i in order], tokens, dim,
-                                         sd.dense_lanes, sd.qkv_buffers)
+        _, cycles = ordered_job_cycles(plans, tokens, dim, sd.dense_lanes, sd.qkv_buffers)
         heads = len(plans)
         word = lambda layout: -(-layout.size // 8)                # noqa: E731
         dense = sum(len(p.dense_pairs_list()) + 1 for p in plans)

@@ -52,7 +52,8 @@ __all__ = ["HeadPlan", "split_coo", "plan_head", "plan_job", "lane_split", "conf
            "config_for_split",
            "segment_states", "merge_states", "partial_states", "sparse_dense_golden", "pack_job",
            "Job", "unit_limits", "head_order", "sparse_dense_cycles", "sparse_dense_job_cycles",
-           "busy_fractions", "simulate_job", "run_mask_file"]
+           "busy_fractions", "simulate_job", "run_mask_file",
+           "ordered_job_cycles", "layer_masks"]
 
 
 # --- plans -----------------------------------------------------------------------------------
@@ -498,12 +499,18 @@ def busy_fractions(plans, tokens, dim, dense_lanes, sparse_lanes, qkv_buffers=2)
     return cyc, info["dense_beats"] / cyc, info["sparse_beats"] / (sparse_lanes * cyc)
 
 
+#: Cycles a job through the top takes beyond the engine's own count (the ``done`` edge).
+TOP_CYCLES = 1
+
+
 def sparse_dense_job_cycles(plans, tokens, dim, dense_lanes, qkv_buffers=2):
     """Cycles of a job through the top, as ``STATUS`` reports them (the unit kind's cycle
     model): from the start edge through the ``done`` edge, one more than
     :func:`sparse_dense_cycles` (the engine's own count). Exact (memory ports never stalled
     behind the top)."""
-    return sparse_dense_cycles(plans, tokens, dim, dense_lanes, qkv_buffers=qkv_buffers) + 1
+    return sparse_dense_cycles(plans, tokens, dim, dense_lanes,
+                               qkv_buffers=qkv_buffers) + TOP_CYCLES
+
 
 
 def plan_job(keep, dense_lanes, sparse_lanes):
@@ -515,7 +522,15 @@ def plan_job(keep, dense_lanes, sparse_lanes):
 
 
 def head_order(plans, tokens, dim, dense_lanes, qkv_buffers=2):
-    """The order in which to run a job's heads (a permutation of ``range(len(plans))``).
+    """The order in which to run a job's heads (a permutation of ``range(len(plans))``):
+    :func:`ordered_job_cycles`'s order."""
+    return ordered_job_cycles(plans, tokens, dim, dense_lanes, qkv_buffers)[0]
+
+
+def ordered_job_cycles(plans, tokens, dim, dense_lanes, qkv_buffers=2):
+    """``(order, cycles)``: the order in which to run a job's heads (a permutation of
+    ``range(len(plans))``) and the job's cycles through the top in that order (what
+    :func:`sparse_dense_job_cycles` gives for the reordered plans, without computing it again).
 
     The loader needs ``3·tokens·dim`` cycles per head whatever its mask, the engines time in
     proportion to its kept entries: a run of light heads starves the engines while the loader
@@ -539,7 +554,7 @@ def head_order(plans, tokens, dim, dense_lanes, qkv_buffers=2):
                                   qkv_buffers=qkv_buffers)
         if best is None or cyc < best[0]:
             best = (cyc, order)
-    return best[1]
+    return best[1], best[0] + TOP_CYCLES
 
 
 def config_from_masks(masks, lanes=4, *, head_dim=32, heads=None, qkv_buffers=3, margin=1.25,
@@ -552,14 +567,14 @@ def config_from_masks(masks, lanes=4, *, head_dim=32, heads=None, qkv_buffers=3,
     :func:`lane_split` over every head of every layer; the rest is
     :func:`config_for_split`'s. Other ``fields`` pass through.
     """
-    keep = _layer_masks(masks)
+    keep = layer_masks(masks)
     L, H = keep.shape[:2]
     wd, ws = lane_split([keep[li, h] for li in range(L) for h in range(H)], lanes, head_dim)
     return config_for_split(keep, wd, ws, head_dim=head_dim, heads=heads,
                             qkv_buffers=qkv_buffers, margin=margin, enabled=enabled, **fields)
 
 
-def _layer_masks(masks):
+def layer_masks(masks):
     """``L×H×N×N`` bool of a mask file or tensor (``H×N×N``: one layer), checked."""
     if isinstance(masks, (str, bytes)) or hasattr(masks, "__fspath__"):
         masks, _ = load_masks(masks)
@@ -579,7 +594,7 @@ def config_for_split(masks, dense_lanes, sparse_lanes, *, head_dim=32, heads=Non
     up to a power of two). The search (:mod:`amaformer.gen.search`) calls it for every split
     it tries."""
     from .config import SparseDenseConfig
-    keep = _layer_masks(masks)
+    keep = layer_masks(masks)
     L, H, n, _ = keep.shape
     dense_need = sparse_need = 1
     for li in range(L):
