@@ -121,16 +121,19 @@ def resolve_config(config, board):
 
     When ``config.linear.dsp_lanes`` is ``None`` on a board with few DSPs (iCE40), the lanes
     get as many DSP multipliers as are left after the requantizer (:data:`REQUANT_DSPS`); the
-    others use logic multipliers.
+    others use logic multipliers. A second linear unit (``linear2``) gets what the first
+    leaves.
     """
     if not isinstance(config, AcceleratorConfig):
         raise TypeError(f"config must be an AcceleratorConfig, not {config!r}")
-    lin = config.linear
-    if lin.dsp_lanes is None:
-        free = max(0, board.device.dsp - REQUANT_DSPS)
-        if lin.lanes > free:
-            from dataclasses import replace
-            config = config.replace(linear=replace(lin, dsp_lanes=free))
+    from dataclasses import replace
+    free = max(0, board.device.dsp - REQUANT_DSPS)
+    for name in ("linear", "linear2"):
+        lin = getattr(config, name)
+        if lin.enabled and lin.dsp_lanes is None and lin.lanes > free:
+            config = config.replace(**{name: replace(lin, dsp_lanes=free)})
+        if lin.enabled:                 # the next unit gets what this one leaves
+            free = max(0, free - (lin.hw_lanes if lin.mode == "mul" else 0) - REQUANT_DSPS)
     return config
 
 

@@ -90,6 +90,10 @@ class LinearConfig:
         Put the linear engine in the accelerator (default). ``false`` leaves it out (``RUN``
         answers OPCODE), for an accelerator that only runs attention
         (``attention.enabled = true``).
+    layers : tuple of int
+        ``[linear2]`` only: the encoder layers (from 0) whose linear ops run on this second
+        unit, in its weight encoding; every other layer's run on ``[linear]``. Must be empty
+        in ``[linear]``.
     """
     mode: str = "mul"
     lanes: int = 8
@@ -105,8 +109,16 @@ class LinearConfig:
     bcq_bits: int = 2
     bcq_group: int | None = None
     enabled: bool = True
+    layers: tuple = ()
 
     def __post_init__(self):
+        if isinstance(self.layers, list):           # TOML arrays and JSON lists
+            object.__setattr__(self, "layers", tuple(self.layers))
+        if (not isinstance(self.layers, tuple) or any(
+                isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 1024
+                for x in self.layers) or list(self.layers) != sorted(set(self.layers))):
+            raise ConfigError(f"linear.layers must be a list of distinct encoder layer indices "
+                              f"in increasing order (0 to 1023), not {self.layers!r}")
         _check_choice("linear.mode", self.mode, LINEAR_MODES)
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"linear.enabled must be true or false, not {self.enabled!r}")
@@ -357,6 +369,12 @@ class AcceleratorConfig:
     uart : UartConfig
     attention : AttentionConfig
     sparse_dense : SparseDenseConfig
+    linear2 : LinearConfig
+        A second linear unit, with a weight encoding of its own, for the encoder layers in its
+        ``layers`` (mixed precision per layer: ``amaformer search`` places the layers that
+        lose least on a cheaper encoding). Absent (``enabled = false``) by default; a
+        ``[linear2]`` section in a TOML file enables it unless it says otherwise. It must
+        share ``[linear]``'s ``max_k`` (the compiler's K chunk is one for the whole model).
     """
     name: str = "amaformer"
     board: str = "icebreaker"
@@ -365,6 +383,7 @@ class AcceleratorConfig:
     uart: UartConfig = field(default_factory=UartConfig)
     attention: AttentionConfig = field(default_factory=AttentionConfig)
     sparse_dense: SparseDenseConfig = field(default_factory=SparseDenseConfig)
+    linear2: LinearConfig = field(default_factory=lambda: LinearConfig(enabled=False))
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name.isidentifier():
@@ -378,9 +397,22 @@ class AcceleratorConfig:
                               f"not {self.clock_mhz!r}")
         for name, cls in (("linear", LinearConfig), ("uart", UartConfig),
                           ("attention", AttentionConfig),
-                          ("sparse_dense", SparseDenseConfig)):
+                          ("sparse_dense", SparseDenseConfig), ("linear2", LinearConfig)):
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, not {getattr(self, name)!r}")
+        if self.linear.layers:
+            raise ConfigError(f"linear.layers must be empty (the first linear unit runs every "
+                              f"layer not in linear2.layers), not {list(self.linear.layers)}")
+        l2 = self.linear2
+        if l2.enabled and not self.linear.enabled:
+            raise ConfigError("linear2.enabled must be false when linear.enabled is false (the "
+                              "second linear unit runs beside the first)")
+        if l2.layers and not l2.enabled:
+            raise ConfigError(f"linear2.layers must be empty when linear2.enabled is false, "
+                              f"not {list(l2.layers)}")
+        if l2.enabled and l2.max_k != self.linear.max_k:
+            raise ConfigError(f"linear2.max_k must equal linear.max_k = {self.linear.max_k} "
+                              f"(one K chunk for the whole model), not {l2.max_k}")
         if not (self.linear.enabled or self.attention.enabled or self.sparse_dense.enabled):
             raise ConfigError("linear.enabled, attention.enabled and sparse_dense.enabled must "
                               "not all be false (the accelerator would have no engine)")
@@ -395,8 +427,21 @@ class AcceleratorConfig:
         return _from_dict(cls, d, "")
 
     def to_dict(self):
-        """Nested dict of plain values, ``None`` fields left out (TOML has no null)."""
-        return _to_dict(self)
+        """Nested dict of plain values, ``None`` fields left out (TOML has no null), and the
+        ``linear2`` section left out when it is not enabled (as it is absent by default)."""
+        d = _to_dict(self)
+        if not self.linear2.enabled:
+            del d["linear2"]
+        return d
+
+    def linear_units(self):
+        """The enabled linear sections in unit order (``IDENT`` order): ``[linear]``, then
+        ``[linear2]`` when enabled."""
+        return [s for s in (self.linear, self.linear2) if s.enabled]
+
+    def linear_unit_of_layer(self, layer):
+        """The linear unit (0 or 1, as :meth:`linear_units`) that runs encoder ``layer``."""
+        return int(self.linear2.enabled and layer in self.linear2.layers)
 
 
 def _from_dict(cls, d, prefix):
@@ -413,12 +458,16 @@ def _from_dict(cls, d, prefix):
         kwargs[key] = _from_dict(sub, value, f"{prefix}{key}.") if sub else value
     try:
         return cls(**kwargs)
+    except ConfigError as e:
+        if prefix == "linear2.":            # LinearConfig names its fields linear.*
+            raise ConfigError(str(e).replace("linear.", "linear2.")) from None
+        raise
     except TypeError as e:  # pragma: no cover - defensive, dataclass signature mismatch
         raise ConfigError(str(e)) from None
 
 
 _SECTIONS = {"linear": LinearConfig, "uart": UartConfig, "attention": AttentionConfig,
-             "sparse_dense": SparseDenseConfig}
+             "sparse_dense": SparseDenseConfig, "linear2": LinearConfig}
 
 
 def _to_dict(obj):
@@ -427,7 +476,7 @@ def _to_dict(obj):
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             out[f.name] = _to_dict(value)
-        elif value is not None:
+        elif value is not None and value != ():
             out[f.name] = value
     return out
 
@@ -439,6 +488,8 @@ def _toml_value(v):
         return repr(v)
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {v!r} to TOML")
 
 

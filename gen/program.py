@@ -2,7 +2,9 @@
 a :class:`Program` out, which :mod:`amaformer.host.runtime` runs on any ``Device``.
 
 What runs where
-    Every linear layer (Q, K, V, output projection, both MLP layers) runs on the linear unit,
+    Every linear layer (Q, K, V, output projection, both MLP layers) runs on the linear unit
+    (with a second linear unit, ``[linear2]``, the linear layers of the encoder layers in its
+    ``layers`` run on it, in its weight encoding: mixed precision per layer),
     every attention on a softmax attention unit, or, when the program is compiled with fixed
     masks (``masks=``, one per layer and head), on the sparse-dense unit (below). The host does
     what the device has no unit for: embeddings, LayerNorm, the MLP activation (GELU), residual
@@ -58,7 +60,7 @@ from .model.graph import EncoderGraph, capture
 __all__ = ["DEFAULT_NUMERICS", "ProgramError", "Step", "LinearTile", "LinearJob", "Program",
            "compile_program",
            "program_cycles", "ENCODING_SETS", "check_units",
-           "encoding_for_config", "load_program_masks"]
+           "encoding_for_config", "encoding_for_linear", "load_program_masks"]
 
 #: The scheme the compiler uses (README "Whole model": 0.998 minimum cosine with ``mul``).
 DEFAULT_NUMERICS = Numerics(act_scale="token", ctx_token=True, smooth=0.5, out_headroom=1.5)
@@ -96,8 +98,8 @@ class ProgramError(ValueError):
 
 @dataclass(frozen=True)
 class Step:
-    """One entry of the schedule: ``where`` is ``"linear"``, ``"attention"``,
-    ``"sparse_dense"`` (device units) or ``"host"``; ``op`` the operation's name
+    """One entry of the schedule: ``where`` is ``"linear"``, ``"linear2"`` (the second linear
+    unit), ``"attention"``, ``"sparse_dense"`` (device units) or ``"host"``; ``op`` the operation's name
     (``layer3.ffn_in``, ``layer3.attention``, ``layer3.activation``); ``macs`` per token
     (attention: for one token of context); ``module`` the linear op's module path (its key in
     ``Program.compiled.ops``)."""
@@ -106,11 +108,17 @@ class Step:
     where: str
     macs: int = 0
     module: str = ""
+    unit: int = 0                   # linear ops: the linear unit (0: [linear], 1: [linear2])
 
 
 def encoding_for_config(config):
-    """The weight encoding of the configuration's linear unit (one unit: one encoding)."""
-    lin = config.linear
+    """The weight encoding of the configuration's (first) linear unit."""
+    return encoding_for_linear(config.linear)
+
+
+def encoding_for_linear(lin):
+    """The weight encoding a linear unit's section (``LinearConfig``) computes: its mode and
+    bits, and for ``bcq`` its α group."""
     if lin.mode == "shift":
         return Encoding("shift", lin.shift_levels)
     if lin.mode == "bcq":
@@ -127,6 +135,10 @@ def check_units(graph, config, max_tokens=None, *, sparse=False):
     if lin is None or not lin.enabled:
         raise ProgramError("the configuration has no linear unit ([linear] enabled = false); "
                            "the program needs one")
+    lin2 = getattr(config, "linear2", None)
+    if lin2 is not None and lin2.enabled and lin2.layers and lin2.layers[-1] >= len(graph.layers):
+        raise ProgramError(f"linear2.layers names layer {lin2.layers[-1]}; the model has "
+                           f"layers 0 to {len(graph.layers) - 1}")
     if sparse:
         if sd is None or not sd.enabled:
             raise ProgramError("masks were given but the configuration has no sparse_dense "
@@ -277,6 +289,14 @@ class Program:
                 out[s.where].append(kind)
         return out
 
+    def linear_unit(self, name):
+        """The linear unit (0: ``[linear]``, 1: ``[linear2]``) that runs linear op ``name``."""
+        return self.config.linear_unit_of_layer(self.compiled.ops[name].op.layer)
+
+    def linear_section(self, name):
+        """The configuration section (``LinearConfig``) of the unit that runs op ``name``."""
+        return self.config.linear_units()[self.linear_unit(name)]
+
     def linear_tiles(self, name):
         """The :class:`LinearTile` objects of linear op ``name`` (module path), in run order: per K
         chunk, the column tiles of :func:`~amaformer.hdl.linear_spec.job_tiles` (weights that
@@ -285,7 +305,7 @@ class Program:
         if key not in self._cache:
             from ..hdl.linear_layout import pack_engine_weights, pack_requant_params
             from ..hdl.linear_spec import job_tiles
-            ql, lin = self.compiled.ops[name], self.config.linear
+            ql, lin = self.compiled.ops[name], self.linear_section(name)
             inputs = lin.shift_inputs if lin.mode == "shift" else 1
             tiles = []
             for k0, k1, w, bias, mult, shift in ql.chunks():
@@ -311,7 +331,7 @@ class Program:
         :meth:`linear_tiles`. Addresses: X at byte 0 of the activation memory, Y at 0 of the
         output memory."""
         from ..hdl.linear_spec import job_tiles
-        lin = self.config.linear
+        lin = self.linear_section(name)
         tiles = self.linear_tiles(name)
         out = {}
         for k0, k1 in self.compiled.ops[name].k_chunks:
@@ -351,13 +371,13 @@ def program_cycles(program, lengths, *, act_depth, out_depth):
     from ..hdl.linear_spec import job_tiles
     from .cost import attention_cycles, linear_job_cycles
     from .sparse_dense import sparse_dense_job_cycles
-    lin, att = program.config.linear, program.config.attention
+    att = program.config.attention
     m = sum(lengths)
     out = []
     for ly in program.graph.layers:
         lin_c = macs = 0
         for op in ly.linear_ops:
-            ql = program.compiled.ops[op.name]
+            ql, lin = program.compiled.ops[op.name], program.linear_section(op.name)
             n = op.out_features
             for k0, k1 in ql.k_chunks:
                 k = k1 - k0
@@ -399,7 +419,9 @@ def compile_program(model, config, calibration_ids, *, numerics=None, encoding=N
     numerics : Numerics or None
         :data:`DEFAULT_NUMERICS` with ``k_chunk`` set to the unit's ``max_k``.
     encoding : Encoding or None
-        Weight encoding; default: the configuration's (:func:`encoding_for_config`).
+        Weight encoding of every linear op; default: each op's unit's
+        (:func:`encoding_for_linear` of ``[linear]``, or of ``[linear2]`` for the layers in
+        its ``layers``). Not with a second linear unit.
     max_tokens : int or None
         Longest sentence the program will run (checked against the attention unit, and the
         masks' ``N``).
@@ -440,7 +462,14 @@ def compile_program(model, config, calibration_ids, *, numerics=None, encoding=N
     if numerics is None:
         from dataclasses import replace
         numerics = replace(DEFAULT_NUMERICS, k_chunk=config.linear.max_k)
-    enc = encoding or encoding_for_config(config)
+    units = config.linear_units()
+    if encoding is not None and len(units) > 1:
+        raise ProgramError("encoding must be None with a second linear unit (each layer takes "
+                           "its unit's encoding)")
+    unit_encodings = [encoding or encoding_for_linear(u) for u in units]
+
+    def enc(op):
+        return unit_encodings[config.linear_unit_of_layer(op.layer)]
     cal = calibrate(graph, list(calibration_ids))
     try:
         cm = compile_model(cal, numerics, enc)
@@ -449,8 +478,11 @@ def compile_program(model, config, calibration_ids, *, numerics=None, encoding=N
     schedule = []
     for ly in graph.layers:
         i = ly.index
+        unit = config.linear_unit_of_layer(i)
+
         def lin(op):
-            schedule.append(Step(i, f"layer{i}.{op.role}", "linear", op.macs_per_token, op.name))
+            schedule.append(Step(i, f"layer{i}.{op.role}", ("linear", "linear2")[unit],
+                                 op.macs_per_token, op.name, unit))
 
         schedule.append(Step(i, f"layer{i}.quantize_per_token", "host"))
         for op in (ly.query, ly.key, ly.value):

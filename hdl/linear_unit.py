@@ -83,6 +83,14 @@ class LinearUnit(Unit):
             "weights": members["w_wr"].signature.flip(),
             "params": members["p_wr"].signature.flip()})
 
+    @classmethod
+    def from_config(cls, config, *, act_depth, out_depth):
+        """The configuration's linear units: ``[linear]``, then ``[linear2]`` (a second unit
+        with an encoding of its own) when enabled, each read duck-typed."""
+        sections = [getattr(config, name, None) for name in ("linear", "linear2")]
+        return [cls(s, act_depth=act_depth, out_depth=out_depth) for s in sections
+                if s is not None and getattr(s, "enabled", True)]
+
     def ident_record(self):
         lin = self.linear
         return {

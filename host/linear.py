@@ -17,6 +17,13 @@ class LinearDriver(UnitDriver):
     kind, modes, section, enabled_by_default = S.LINEAR, S.MODE_CODES, "linear", True
 
     @classmethod
+    def expected(cls, config):
+        """One record per linear unit of ``config``: ``[linear]``, then ``[linear2]``."""
+        if not hasattr(config, "linear_units"):
+            return super().expected(config)
+        return [{"mode": cls.modes[u.mode]} | cls.record_fields(u) for u in config.linear_units()]
+
+    @classmethod
     def record_fields(cls, lin):
         return dict(lanes=lin.lanes, act_bits=lin.act_bits, weight_bits=lin.weight_code_bits,
                     max_k=lin.max_k, max_n=lin.max_n, max_m=lin.max_m,

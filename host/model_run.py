@@ -77,7 +77,7 @@ def run_minilm(sentences, config, device, *, report=None, masks=None):
         "model": "all-MiniLM-L6-v2",
         "sentences": list(sentences),
         "tokens": [len(i) for i in ids],
-        "encoding": config.linear.mode,
+        "encoding": _encoding_label(config),
         "numerics": "per-token input scales on the host, SmoothQuant 0.5, int8 out per column",
         "placement": program.placement(),
         "cosine": [round(c, 6) for c in cos],
@@ -120,3 +120,12 @@ def run_minilm(sentences, config, device, *, report=None, masks=None):
                    sim_cycles=sim_cycles,
                    cycles_per_second=round(sim_cycles / max(res.seconds, 1e-9)))
     return out
+
+
+def _encoding_label(config):
+    """The weight encoding(s) of the run: ``"mul"``, or with a second linear unit
+    ``"mul; shift on layers 2, 3"``."""
+    l2 = config.linear2
+    if not l2.enabled:
+        return config.linear.mode
+    return f"{config.linear.mode}; {l2.mode} on layers {', '.join(map(str, l2.layers))}"

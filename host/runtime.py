@@ -5,8 +5,9 @@ activation, residuals, pooling) is the very code of :func:`amaformer.gen.model.e
 exact_forward`; only the device parts change hands: each linear op's jobs go to the linear
 unit as the program compiled them (its weight and parameter memory images and its job
 descriptors with allocated addresses, :meth:`~amaformer.gen.program.Program.linear_tiles` and
-:meth:`~amaformer.gen.program.Program.linear_jobs`, run by ``dev.unit("linear").run_jobs``;
-only the activations are packed here) and each attention to the attention unit at the
+:meth:`~amaformer.gen.program.Program.linear_jobs`, run by ``dev.unit("linear", i).run_jobs``
+on the op's unit ``i`` (:meth:`~amaformer.gen.program.Program.linear_unit`: the second linear
+unit for the layers in ``[linear2] layers``); only the activations are packed here) and each attention to the attention unit at the
 program's addresses (:meth:`~amaformer.gen.program.Program.attention_layout`), or, for a
 program compiled with fixed masks, to the
 sparse-dense unit (``dev.unit("sparse_dense").attention`` under the layer's masks cropped to the
@@ -103,13 +104,15 @@ class DeviceExecutor:
     def __init__(self, program, device):
         self.program = program
         self.device = device
-        self.lin = device.unit("linear")
+        self.lins = [device.unit("linear", i)
+                     for i in range(len(program.config.linear_units()))]
         units = {program.attention_unit(ly.index) for ly in program.graph.layers}
         self.att = device.unit("attention") if "attention" in units else None
         self.sd = device.unit("sparse_dense") if "sparse_dense" in units else None
-        if self.lin.mode != program.config.linear.mode:
-            raise ValueError(f"the device's linear unit runs {self.lin.mode!r}, the program "
-                             f"was compiled for {program.config.linear.mode!r}")
+        for i, (drv, sec) in enumerate(zip(self.lins, program.config.linear_units())):
+            if drv.mode != sec.mode:
+                raise ValueError(f"the device's linear unit #{i} runs {drv.mode!r}, the "
+                                 f"program was compiled for {sec.mode!r}")
         self.trace = {ly.index: LayerTrace(ly.index,
                                            attention_unit=program.attention_unit(ly.index))
                       for ly in program.graph.layers}
@@ -130,16 +133,17 @@ class DeviceExecutor:
         return t
 
     def linear(self, ql, x_q):
-        """Every K-chunk job of ``ql`` on the linear unit; the int8 outputs summed."""
+        """Every K-chunk job of ``ql`` on its linear unit; the int8 outputs summed."""
         before = (self._counter.written, self._counter.read_bytes)
         y = None
         cycles = jobs = 0
         name, info = ql.op.name, self.device.info
+        lin = self.lins[self.program.linear_unit(name)]
         tiles = self.program.linear_tiles(name)
         chunks = self.program.linear_jobs(name, x_q.shape[0], act_depth=info.act_depth,
                                           out_depth=info.out_depth)
         for (k0, k1), chunk_jobs in chunks.items():
-            part = torch.from_numpy(self.lin.run_jobs(x_q[:, k0:k1], tiles, chunk_jobs))
+            part = torch.from_numpy(lin.run_jobs(x_q[:, k0:k1], tiles, chunk_jobs))
             y = part.to(torch.int64) if y is None else y + part.to(torch.int64)
             cycles += self.device.last_cycles
             jobs += len(self.device.job_cycles)

@@ -40,15 +40,26 @@ def sentences(n, seed, lo=4, hi=12):
                           generator=g) for _ in range(n)]
 
 
+def compiled_tiny_bert(config):
+    """The tiny BERT compiled for ``config`` (calibrated on 6 seeded sentences)."""
+    return compile_program(tiny_bert(), config, sentences(6, 1), max_tokens=12)
+
+
+def verilator_device(config):
+    """The Verilator device of ``config`` with the memories these tests use."""
+    tr = sim_transport(config, "verilator", timeout_cycles=300, act_depth=4096,
+                       out_depth=2048)
+    return Device(tr, timeout=0.05, retries=0, expect=config)
+
+
 @pytest.fixture(scope="module")
 def program():
-    return compile_program(tiny_bert(), CFG, sentences(6, 1), max_tokens=12)
+    return compiled_tiny_bert(CFG)
 
 
 @pytest.fixture(scope="module")
 def dev():
-    tr = sim_transport(CFG, "verilator", timeout_cycles=300, act_depth=4096, out_depth=2048)
-    return Device(tr, timeout=0.05, retries=0, expect=CFG)
+    return verilator_device(CFG)
 
 
 def test_schedule_places_every_linear_and_attention_on_device(program):
