@@ -117,8 +117,9 @@ class LinearConfig:
         if (not isinstance(self.layers, tuple) or any(
                 isinstance(x, bool) or not isinstance(x, int) or not 0 <= x < 1024
                 for x in self.layers) or list(self.layers) != sorted(set(self.layers))):
+            shown = list(self.layers) if isinstance(self.layers, tuple) else self.layers
             raise ConfigError(f"linear.layers must be a list of distinct encoder layer indices "
-                              f"in increasing order (0 to 1023), not {self.layers!r}")
+                              f"in increasing order (0 to 1023), not {shown!r}")
         _check_choice("linear.mode", self.mode, LINEAR_MODES)
         if not isinstance(self.enabled, bool):
             raise ConfigError(f"linear.enabled must be true or false, not {self.enabled!r}")

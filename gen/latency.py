@@ -4,7 +4,8 @@
 
 The schedule of a BERT-style encoder layer on the device (``gen.program.compile_program``):
 Q, K, V and the attention output projection (``hidden × hidden``), the MLP's ``ffn_in``
-(``hidden × ffn``) and ``ffn_out`` (``ffn × hidden``) on the linear unit, each split into jobs as
+(``hidden × ffn``) and ``ffn_out`` (``ffn × hidden``) on the linear unit (or, for the layers in
+a second linear unit's ``layers``, on that one), each split into jobs as
 the linear driver does it (:meth:`amaformer.host.linear.LinearDriver.linear`: K in chunks of
 ``max_k`` (bcq: a multiple of the quantizer's group), N in tiles that fit the weight buffer and
 the output memory, M in tiles that fit the memories), and one softmax attention job of all heads
@@ -285,7 +286,8 @@ def model_latency(config, tokens=24, shape=MINILM, clock_mhz=None, masks=None):
     """Whole-model latency of one ``tokens``-token sentence on ``config`` (an
     ``AcceleratorConfig`` with a linear unit and a softmax attention unit, or a sparse-dense
     unit with ``masks``, a :class:`MaskSchedule`; attention runs on the host, uncounted, when
-    the configuration has neither).
+    the configuration has neither). With a second linear unit, the layers in its ``layers``
+    run their linear ops on it, the others on the first.
 
     ``clock_mhz``: the clock the cycles run at (default: the configuration's, else its board's
     oscillator).
@@ -297,18 +299,23 @@ def model_latency(config, tokens=24, shape=MINILM, clock_mhz=None, masks=None):
         masks without a sparse-dense unit.
     """
     from ..boards import get_board
-    lin, att, sd = config.linear, config.attention, config.sparse_dense
+    att, sd = config.attention, config.sparse_dense
     if clock_mhz is None:
         clock_mhz = config.clock_mhz or get_board(config.board).clock_mhz
     per_op, lin_cycles, nbytes, njobs = {}, 0, 0, 0
-    for role, k, n in shape.linear_ops():
-        jobs, b = linear_jobs(lin, tokens, k, n)
-        c = sum(cnt * _job_cycles(_lin_key(lin), *j)
-                for j, cnt in Counter(jobs).items()) * shape.layers
-        per_op[role] = c
-        lin_cycles += c
-        nbytes += b * shape.layers
-        njobs += len(jobs) * shape.layers
+    # layers per linear unit: the second unit's ``layers`` (within the model), the rest
+    on_second = sum(1 for i in range(shape.layers) if config.linear_unit_of_layer(i))
+    for lin, layers in zip(config.linear_units(), (shape.layers - on_second, on_second)):
+        if not layers:
+            continue
+        for role, k, n in shape.linear_ops():
+            jobs, b = linear_jobs(lin, tokens, k, n)
+            c = sum(cnt * _job_cycles(_lin_key(lin), *j)
+                    for j, cnt in Counter(jobs).items()) * layers
+            per_op[role] = per_op.get(role, 0) + c
+            lin_cycles += c
+            nbytes += b * layers
+            njobs += len(jobs) * layers
     att_cycles = 0
     if masks is not None and not sd.enabled:
         raise ValueError("masks run only on the sparse_dense unit; the configuration has none")

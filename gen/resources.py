@@ -6,6 +6,12 @@ packs them), flip-flops, DSP blocks, block RAMs, SPRAMs — split into the link/
 unit and the attention unit, and a predicted fmax with the family's feasibility margin.
 
 How each figure is modelled
+    A second linear unit (``[linear2]``) is counted as a unit of its own: its memories and
+    DSPs listed like the first's (the DSPs the first leaves, :func:`linear_units_dsp`), its
+    logic terms added to the first's, plus a fixed ``linear2`` term and an fmax term for its
+    presence, fitted on the two-unit builds (ECP5 only; the estimate refuses it on a family
+    without them).
+
     **Block RAM** (exact by construction): the linear unit's memories are listed from its
     parameters (``hdl/linear.py``, ``hdl/shift.py``, ``hdl/shiftadd.py``: weight buffer of
     ``weight_depth`` words with its write granularity, activation row buffer, per-column
@@ -53,7 +59,8 @@ import numpy as np
 
 __all__ = ["CALIBRATION", "Resources", "ResourceModel", "estimate", "load_calibration",
            "linear_memories", "sparse_dense_memories", "sparse_dense_bram", "map_bram",
-           "linear_dsp", "measured"]
+           "linear_dsp", "linear_units_dsp", "linear_units_dsp_total", "linear_units_bram",
+           "measured"]
 
 CALIBRATION = Path(__file__).with_name("calibration.json")
 
@@ -202,16 +209,38 @@ def linear_dsp(lin, family, board_dsp=None):
     return hw + REQUANT_DSPS
 
 
+def linear_units_bram(config, family):
+    """Block RAMs of the memories of every linear unit (:func:`linear_memories`)."""
+    return sum(map_bram(w, d, g, family) for lin in config.linear_units()
+               for _, w, d, g in linear_memories(lin, family))
+
+
+def linear_units_dsp_total(config, family, board_dsp=None):
+    """DSP blocks of every linear unit (:func:`linear_dsp` within :func:`linear_units_dsp`)."""
+    return sum(linear_dsp(lin, family, d) for lin, d in linear_units_dsp(config, board_dsp))
+
+
 def _logic_lanes(lin, board_dsp):
     if not lin.enabled or lin.mode != "mul":
         return 0
     return lin.lanes - (linear_dsp(lin, None, board_dsp) - REQUANT_DSPS)
 
 
-def features(config, family, board_dsp):
-    """Regressors of the logic and flip-flop models: ``{name: value}``."""
-    lin, att = config.linear, config.attention
-    f = {"const": 1.0}
+def linear_units_dsp(config, board_dsp=None):
+    """``[(LinearConfig, DSP budget)]`` of the configuration's linear units (``[linear]``, then
+    ``[linear2]``): each unit's budget is what the units before it leave of the board's DSPs
+    (``None``: no cap), as ``boards.build.resolve_config`` hands them out."""
+    out, left = [], board_dsp
+    for lin in config.linear_units():
+        out.append((lin, left))
+        if left is not None:
+            left = max(0, left - linear_dsp(lin, None, left))
+    return out
+
+
+def _linear_features(lin, board_dsp):
+    """The linear unit's regressors (see :func:`features`)."""
+    f = {}
     acc = lin.act_bits + lin.weight_bits + _clog2(lin.max_k)
     on = lin.enabled
     f["mul"] = float(on and lin.mode == "mul")
@@ -223,6 +252,20 @@ def features(config, family, board_dsp):
     f["shift_lanes_acc"] = f["shift"] * lin.lanes * acc
     f["bcq_slot_planes"] = f["bcq"] * lin.lanes * (lin.bcq_bits + 1)
     f["depth_bits"] = float(on) * (_clog2(lin.max_k) + _clog2(lin.max_n) + _clog2(lin.weight_depth))
+    return f
+
+
+def features(config, family, board_dsp):
+    """Regressors of the logic and flip-flop models: ``{name: value}``. The linear terms are
+    summed over the linear units (a second unit, ``linear2``, adds its own lanes, products and
+    depths, plus its fixed part: ``linear2``, the unit's shell and its port on the memories,
+    which the single-unit points fold into ``const``)."""
+    att = config.attention
+    f = {"const": 1.0}
+    units = [_linear_features(lin, d) for lin, d in linear_units_dsp(config, board_dsp)]
+    for name in _linear_features(config.linear, board_dsp):
+        f[name] = sum(u[name] for u in units)
+    f["linear2"] = float(config.linear2.enabled)
     att_on = float(att.enabled)
     f["att"] = att_on
     f["att_lanes"] = att_on * att.lanes
@@ -238,7 +281,8 @@ FEATURES = {
     "ice40": ["const", "shift", "bcq", "mul_lanes_acc", "logic_lanes", "shift_products",
               "bcq_slot_planes", "depth_bits"],
     "ecp5": ["const", "shift", "bcq", "mul_lanes_acc", "shift_products", "bcq_slot_planes",
-             "att", "att_lanes", "depth_bits", "sd", "sd_dense", "sd_sparse", "shift_lanes_acc"],
+             "att", "att_lanes", "depth_bits", "sd", "sd_dense", "sd_sparse", "shift_lanes_acc",
+             "linear2"],
 }
 
 
@@ -249,7 +293,7 @@ ATTENTION_PRIOR = {"ice40": dict(lut=4594, lut_lane=600, dsp=8, dsp_lane=0, bram
 #: Order in which features are fitted when the points cannot identify them all.
 PRIORITY = ["const", "mul_lanes_acc", "att_lanes", "logic_lanes", "shift_products",
             "bcq_slot_planes", "att", "sd", "sd_sparse", "sd_dense", "shift", "bcq",
-            "depth_bits", "shift_lanes_acc"]
+            "depth_bits", "shift_lanes_acc", "linear2"]
 
 
 @dataclass
@@ -326,10 +370,13 @@ def _yosys_logic(m, family):
 def _unit_flags(config):
     """The fmax model's unit terms: the softmax attention unit's presence, the sparse-dense
     unit's presence and its lanes ``W_d + W_s`` (the units that hold the critical path when
-    present; the sparse-dense unit's lanes share the Q/K/V banks' fan-out)."""
+    present; the sparse-dense unit's lanes share the Q/K/V banks' fan-out), and a second
+    linear unit's presence (a second reader of the activation memory and writer of the output
+    memory)."""
     sd = config.sparse_dense
     return (float(config.attention.enabled), float(sd.enabled),
-            float(sd.enabled) * (sd.dense_lanes + sd.sparse_lanes))
+            float(sd.enabled) * (sd.dense_lanes + sd.sparse_lanes),
+            float(config.linear2.enabled))
 
 
 def _fit_fmax(points, default):
@@ -391,6 +438,7 @@ class ResourceModel:
                        and not str(p.get("error", "")).startswith("yosys")]
         self.fit_points = [p for p in self.points if p.get("set", "calib") in fit_sets]
         self.accuracy = data.get("accuracy", {})
+        self.sensitivity = data.get("sensitivity", {})
         self.pack, self.coef_lut, self.coef_ff, self.fmax_fit = {}, {}, {}, {}
         self.int_fit = {}
         for fam in ("ice40", "ecp5"):
@@ -420,7 +468,7 @@ class ResourceModel:
                     if key == "bram":
                         base = analytic(c)
                     elif key == "dsp":
-                        base = linear_dsp(c.linear, fam, d) + sparse_dense_address_dsp(
+                        base = linear_units_dsp_total(c, fam, d) + sparse_dense_address_dsp(
                             c.sparse_dense)
                     else:
                         base = 0
@@ -446,9 +494,9 @@ class ResourceModel:
         coef.update(fixed)
         return coef
 
-    def _identified(self, fam, section):
+    def identifies(self, fam, section):
         """Whether the family's points include the unit of configuration ``section``
-        (``"attention"``, ``"sparse_dense"``): then its cost is fitted."""
+        (``"attention"``, ``"sparse_dense"``, ``"linear2"``): then its cost is fitted."""
         return any(p["family"] == fam and p["config"].get(section, {}).get("enabled")
                    for p in self.fit_points)
 
@@ -459,15 +507,18 @@ class ResourceModel:
         ------
         ValueError
             The calibration has no point of the board's family, or none with a unit the
-            configuration enables that has no prior (the sparse-dense unit on iCE40).
+            configuration enables that has no prior (the sparse-dense unit or a second linear
+            unit on iCE40).
         """
         from ..boards import get_board
         b = get_board(board or config.board)
         fam, dev = b.family, b.device
         if fam not in self.coef_lut:
             raise ValueError(f"no calibration for the {fam} family")
-        if config.sparse_dense.enabled and not self._identified(fam, "sparse_dense"):
+        if config.sparse_dense.enabled and not self.identifies(fam, "sparse_dense"):
             raise ValueError(f"no calibration of the sparse_dense unit for the {fam} family")
+        if config.linear2.enabled and not self.identifies(fam, "linear2"):
+            raise ValueError(f"no calibration of a second linear unit for the {fam} family")
         f = features(config, fam, dev.dsp)
         lut_parts = _split(self.coef_lut[fam], f)
         ff = sum(self.coef_ff[fam][n] * f[n] for n in FEATURES[fam])
@@ -480,18 +531,18 @@ class ResourceModel:
             att = sum(ci * ti for ci, ti in zip(c[1:], terms[1:]))
             return base + link + att, link, att
 
-        lin_bram = sum(map_bram(w, d, g, fam) for _, w, d, g in linear_memories(config.linear, fam))
+        lin_bram = linear_units_bram(config, fam)
         sd_bram = sparse_dense_bram(config.sparse_dense, fam)
         bram, link_bram, att_bram = integer("bram", lin_bram + sd_bram)
         att_bram += sd_bram
-        lin_dsp = linear_dsp(config.linear, fam, dev.dsp)
+        lin_dsp = linear_units_dsp_total(config, fam, dev.dsp)
         sd_dsp = sparse_dense_address_dsp(config.sparse_dense)
         dsp, link_dsp, att_dsp = integer("dsp", lin_dsp + sd_dsp)
         att_dsp += sd_dsp
-        lin_spram = 1 if (fam == "ice40" and config.linear.enabled and config.linear.mode == "bcq"
-                          and config.linear.weight_depth <= 16384) else 0
+        lin_spram = sum(1 for lin in config.linear_units()
+                        if fam == "ice40" and lin.mode == "bcq" and lin.weight_depth <= 16384)
         spram, _, _ = integer("spram", lin_spram)
-        if config.attention.enabled and not self._identified(fam, "attention"):
+        if config.attention.enabled and not self.identifies(fam, "attention"):
             # No calibration point of this family varies the attention unit: the measured
             # softmax kernel alone on the iCE40UP5K (README, scripts/bench_attention.py:
             # 1 lane, d = 32, 4,594 LC, 8 DSP, 6 EBR) as a floor, so that the search never
@@ -530,13 +581,13 @@ def _integer_terms(config):
 
 def _analytic_bram(config, family):
     """Block RAMs of the memories listed from parameters (linear and sparse-dense units)."""
-    return (sum(map_bram(w, d, g, family) for _, w, d, g in linear_memories(config.linear, family))
+    return (linear_units_bram(config, family)
             + sparse_dense_bram(config.sparse_dense, family))
 
 
 def _split(coef, f):
     """Logic per part: the constant is the link/top, ``att*`` and ``sd*`` the attention
-    unit (softmax or sparse-dense), the rest the linear unit."""
+    unit (softmax or sparse-dense), the rest the linear unit(s)."""
     parts = {"link": 0.0, "linear": 0.0, "attention": 0.0}
     for n, c in coef.items():
         part = ("link" if n == "const" else "attention" if n.startswith(("att", "sd"))

@@ -3,8 +3,9 @@ resources and an accuracy floor (issue 14).
 
 A candidate is an :class:`~amaformer.gen.config.AcceleratorConfig`: the linear unit's weight
 encoding and bits (``mul`` int8/int6, ``shift`` with 4 or 7 magnitudes, ``bcq`` with 2–4
-planes), its lanes (``shift``: and products per lane), its memory depths (``max_k``, the K
-chunk of every layer; ``weight_depth``; ``max_n``), the attention mode — the softmax attention
+planes, α per 128 inputs), its lanes (``shift``: and products per lane), its memory depths
+(``max_k``, the K chunk of every layer; ``weight_depth``; ``max_n``), an optional second
+linear unit for some layers (below), the attention mode — the softmax attention
 unit and its lanes, or no attention unit (attention on the host, with ``host_attention``), or,
 given fixed masks (``masks``, a :class:`~amaformer.gen.latency.MaskSchedule`), the sparse-dense
 coordinator under them and its dense/sparse lane split (entry memories sized for the masks by
@@ -22,10 +23,15 @@ with models only, no synthesis:
   (:mod:`amaformer.gen.search_accuracy`) measures the chosen candidates exactly, masks
   included.
 
-Weight encoding per layer is not a variable: one linear unit serves every layer, so a layer
-cannot have an encoding of its own without a second linear unit and a compiler that places
-layers on units. Linear attention modes are not either: all-MiniLM-L6-v2 is a softmax model
-(replacing its attention changes the function, not just the hardware).
+Weight encoding per layer: a candidate may add a second linear unit (``[linear2]``) with a
+multiplier-free encoding of its own (``shift`` or ``bcq``), its lanes, and how many encoder
+layers run on it. Which layers: the ones that cost least cosine in that encoding, from the
+per-layer sensitivity table (``scripts/calibrate.py --sensitivity``: the whole-model cosine
+on the device-exact path with one layer in the encoding, every other in int8); the candidate's
+cosine is the first unit's table figure minus the chosen layers' costs (additive, an
+estimate), and the final check measures the mixed program itself. Linear attention modes are
+not searched: all-MiniLM-L6-v2 is a softmax model (replacing its attention changes the
+function, not just the hardware).
 
 Constraints (each ``<= 0`` when met): logic ``<= lut_margin ×`` the device's (routability),
 flip-flops, DSP, block RAM and SPRAM within the device, the clock at most the predicted fmax
@@ -51,7 +57,8 @@ from functools import lru_cache
 
 __all__ = ["SearchSpace", "Candidate", "SearchResult", "Infeasible", "evaluate", "search",
            "neighbours",
-           "enumerate_space", "default_config", "ACCURACY_FALLBACK", "encoding_key"]
+           "enumerate_space", "default_config", "ACCURACY_FALLBACK", "encoding_key",
+           "sensitivity_table", "second_unit_layers"]
 
 #: Whole-model cosines used when the calibration data has no accuracy table (min over 12
 #: held-out sentences, device-exact path, the compiler's numerics; README "Whole model").
@@ -76,6 +83,8 @@ class SearchSpace:
     att_lanes: tuple = (1, 2, 3, 4, 6, 8, 12, 16)
     sd_dense: tuple = (1, 2, 3, 4)              # sparse-dense unit (with masks): W_d
     sd_sparse: tuple = (1, 2, 3, 4, 6, 8)       # and W_s
+    encodings2: tuple = ("shift7", "shift4", "bcq4", "bcq3", "bcq2")   # second linear unit
+    lanes2: tuple = (4, 8, 16, 24, 32, 48, 64)
     max_k: tuple = (256, 384, 512, 1024)
     depth_factor: tuple = (1, 2, 4, 8)         # weight_depth = words(max_k) × factor
     max_n: tuple = (384, 512, 1536)
@@ -104,6 +113,52 @@ def _parse_encoding(key):
     return mode, int(key[len(mode):])
 
 
+#: α group of the search's ``bcq`` units: the quantizer's default (``gen.model.exact.
+#: Encoding``), at which the accuracy and sensitivity tables are measured.
+BCQ_GROUP = 128
+
+
+def sensitivity_table(model=None):
+    """``{encoding: (cost of layer 0, cost of layer 1, ...)}``: the whole-model cosine lost
+    when one encoder layer runs in a second unit's encoding (the calibration data's
+    ``sensitivity``: the int8 model's cosine minus the one-layer mix's); empty when not
+    measured."""
+    from .resources import _model
+    sens = (model or _model()).sensitivity
+    return {k: tuple(round(v["base_cosine_min"] - ly["cosine_min"], 6) for ly in v["layers"])
+            for k, v in sens.items()}
+
+
+def second_unit_layers(costs, count):
+    """The ``count`` encoder layers with the smallest ``costs`` (ties: the earlier layer), in
+    increasing order: the layers a second unit takes."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], i))
+    return tuple(sorted(order[:count]))
+
+
+def _linear_section(encoding, lanes, max_k, max_n, shift_inputs=1, layers=()):
+    """The ``LinearConfig`` fields of a searched unit (``weight_depth`` still to size)."""
+    mode, bits = _parse_encoding(encoding)
+    lin = dict(mode=mode, lanes=lanes, max_k=max_k, max_n=max_n, weight_depth=1 << 20,
+               layers=layers)
+    if mode == "mul":
+        lin["weight_bits"] = bits
+    elif mode == "shift":
+        lin.update(shift_levels=bits, shift_inputs=shift_inputs)
+    else:
+        lin.update(bcq_bits=bits, bcq_group=BCQ_GROUP)
+    return lin
+
+
+def _sized(lin, depth_factor):
+    """``LinearConfig`` of fields ``lin`` whose weight buffer holds ``depth_factor`` × the words
+    of a ``max_k`` column group (rounded up to a power of two)."""
+    from .config import LinearConfig
+    words = LinearConfig(**lin).weight_words(lin["max_k"], 1)
+    return LinearConfig(**dict(lin, weight_depth=(1 << max(0, (words - 1).bit_length()))
+                               * depth_factor))
+
+
 @lru_cache(maxsize=256)
 def pll_clock(family, osc_mhz, mhz):
     """The frequency the board's PLL makes for a request (``boards.clocks``)."""
@@ -120,27 +175,30 @@ def attention_mode(params):
     return "softmax" if params["att_lanes"] else "host"
 
 
-def make_config(board, params, base=None, masks=None):
+def make_config(board, params, base=None, masks=None, sensitivity=None):
     """An :class:`AcceleratorConfig` from one point of the space (``params``: ``encoding``,
     ``lanes``, ``shift_inputs``, ``att_lanes`` (0: no attention unit), ``max_k``,
     ``depth_factor``, ``max_n``, ``clock``; with ``attention = "sparse_dense"``, ``sd_dense``
     and ``sd_sparse``: a sparse-dense unit sized for ``masks``, a
-    :class:`~amaformer.gen.latency.MaskSchedule`). Raises ``ConfigError`` for an invalid
-    one."""
+    :class:`~amaformer.gen.latency.MaskSchedule`; with ``encoding2``, a second linear unit of
+    ``lanes2`` lanes (``shift_inputs2``) and weight buffer ``depth_factor2`` for the
+    ``layers2`` encoder layers that cost least in that encoding by ``sensitivity``
+    (:func:`sensitivity_table`), with the first unit's ``max_k`` and ``max_n``). Raises
+    ``ConfigError`` for an invalid one."""
     from .config import (AcceleratorConfig, AttentionConfig, ConfigError, LinearConfig,
                          SparseDenseConfig)
-    mode, bits = _parse_encoding(params["encoding"])
-    lin = dict(mode=mode, lanes=params["lanes"], max_k=params["max_k"],
-               max_n=params["max_n"], weight_depth=1 << 20)
-    if mode == "mul":
-        lin["weight_bits"] = bits
-    elif mode == "shift":
-        lin.update(shift_levels=bits, shift_inputs=params.get("shift_inputs", 1))
-    else:
-        lin["bcq_bits"] = bits
-    probe = LinearConfig(**lin)
-    words = probe.weight_words(params["max_k"], 1)
-    lin["weight_depth"] = (1 << max(0, (words - 1).bit_length())) * params["depth_factor"]
+    lin = _sized(_linear_section(params["encoding"], params["lanes"], params["max_k"],
+                                 params["max_n"], params.get("shift_inputs", 1)),
+                 params["depth_factor"])
+    lin2 = LinearConfig(enabled=False)
+    if params.get("encoding2"):
+        if sensitivity is None or params["encoding2"] not in sensitivity:
+            raise ConfigError(f"a second unit in {params['encoding2']} needs its per-layer "
+                              f"sensitivity")
+        layers = second_unit_layers(sensitivity[params["encoding2"]], params["layers2"])
+        lin2 = _sized(_linear_section(params["encoding2"], params["lanes2"], params["max_k"],
+                                      params["max_n"], params.get("shift_inputs2", 1), layers),
+                      params.get("depth_factor2", params["depth_factor"]))
     att = (AttentionConfig(mode="softmax", enabled=True, lanes=params["att_lanes"])
            if params["att_lanes"] else AttentionConfig())
     base = base or AcceleratorConfig()
@@ -150,8 +208,8 @@ def make_config(board, params, base=None, masks=None):
             raise ConfigError("attention 'sparse_dense' needs masks")
         sd = masks.unit(params["sd_dense"], params["sd_sparse"])
     return AcceleratorConfig(name=base.name, board=board, clock_mhz=float(params["clock"]),
-                             linear=LinearConfig(**lin), attention=att, uart=base.uart,
-                             sparse_dense=sd)
+                             linear=lin, attention=att, uart=base.uart, sparse_dense=sd,
+                             linear2=lin2)
 
 
 @dataclass
@@ -176,18 +234,29 @@ class Candidate:
         return self.latency.total_s(self.link_counts)
 
     def describe(self):
-        """One line: encoding, lanes and attention."""
+        """One line: encoding, lanes, second unit and attention."""
         p = self.params
         att = {"softmax": f"attention {p['att_lanes']} lanes",
                "host": "attention on the host",
                "sparse_dense": f"sparse-dense attention {p.get('sd_dense')}+"
                                f"{p.get('sd_sparse')} lanes under masks"}[attention_mode(p)]
-        return f"{p['encoding']}, {p['lanes']} linear lanes, {att}"
+        second = ""
+        if p.get("encoding2"):
+            l2 = self.config.linear2.layers
+            second = (f" + {p['encoding2']} {p['lanes2']} lanes on layer{'s' * (len(l2) > 1)} "
+                      f"{', '.join(map(str, l2))}")
+        return f"{p['encoding']}, {p['lanes']} linear lanes{second}, {att}"
 
     def row(self):
         r, lat = self.resources, self.latency
         return dict(encoding=self.params["encoding"], lanes=self.params["lanes"],
                     shift_inputs=self.params.get("shift_inputs", 1),
+                    encoding2=self.params.get("encoding2", ""),
+                    lanes2=self.params.get("lanes2", 0),
+                    weight_depth2=self.config.linear2.weight_depth
+                    if self.config.linear2.enabled else 0,
+                    shift_inputs2=self.params.get("shift_inputs2", 0),
+                    layers2=" ".join(map(str, self.config.linear2.layers)),
                     attention=attention_mode(self.params),
                     att_lanes=self.params["att_lanes"],
                     sd_dense=self.params.get("sd_dense", 0),
@@ -223,18 +292,21 @@ def best_table_cosine(acc, encoding):
 
 
 def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lut_margin=0.85,
-             model=None, accuracy=None, base=None, masks=None, mask_penalty=0.0):
+             model=None, accuracy=None, base=None, masks=None, mask_penalty=0.0,
+             sensitivity=None):
     """Score one point of the space: a :class:`Candidate` (``None`` when the point is not a
     valid configuration, or one the models cannot estimate). ``masks``: a
     :class:`~amaformer.gen.latency.MaskSchedule` for sparse-dense points; their cosine is
-    the table's minus ``mask_penalty``."""
+    the table's minus ``mask_penalty``. Points with a second linear unit lose the per-layer
+    costs (``sensitivity``, default :func:`sensitivity_table`) of the layers it takes."""
     from ..boards import get_board
     from .config import ConfigError
     from .latency import ACT_DEPTH, MINILM, model_latency
     from .resources import estimate
     b = get_board(board)
+    sens = sensitivity if sensitivity is not None else sensitivity_table(model)
     try:
-        cfg = make_config(board, params, base, masks)
+        cfg = make_config(board, params, base, masks, sens)
         res = estimate(cfg, board, model=model)
     except (ConfigError, ValueError):
         return None
@@ -248,6 +320,8 @@ def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lu
     acc = accuracy if accuracy is not None else accuracy_table(model)
     cos = table_cosine(acc, params["encoding"], params["max_k"]) - (mask_penalty if sparse
                                                                      else 0.0)
+    if cfg.linear2.enabled:
+        cos -= sum(sens[params["encoding2"]][i] for i in cfg.linear2.layers)
     d = b.device
     limits = {
         "LUT": (res.lut, math.floor(lut_margin * d.lut), "LC" if b.family == "ice40" else "LUT4"),
@@ -268,11 +342,22 @@ def evaluate(board, params, *, min_cosine=0.99, tokens=24, link_counts=False, lu
     return Candidate(dict(params), cfg, res, lat, cos, f_clk, viol, limits, link_counts)
 
 
-def _suggest(trial, space, family, encodings, host_attention, masks=False):
+def _suggest(trial, space, family, encodings, host_attention, masks=False, second=None):
     enc = trial.suggest_categorical("encoding", list(encodings))
     p = {"encoding": enc, "lanes": trial.suggest_categorical("lanes", list(space.lanes))}
     if enc.startswith("shift"):
         p["shift_inputs"] = trial.suggest_categorical("shift_inputs", list(space.shift_inputs))
+    if second:
+        enc2 = trial.suggest_categorical("encoding2", ["none"] + list(second["encodings"]))
+        if enc2 != "none":
+            p.update(encoding2=enc2,
+                     lanes2=trial.suggest_categorical("lanes2", list(space.lanes2)),
+                     depth_factor2=trial.suggest_categorical("depth_factor2",
+                                                             list(space.depth_factor)),
+                     layers2=trial.suggest_categorical("layers2", list(second["layers"])))
+            if enc2.startswith("shift"):
+                p["shift_inputs2"] = trial.suggest_categorical("shift_inputs2",
+                                                               list(space.shift_inputs))
     if masks and trial.suggest_categorical("attention", ["softmax", "sparse_dense"]) \
             == "sparse_dense":
         p.update(attention="sparse_dense", att_lanes=0,
@@ -297,28 +382,49 @@ def _attention_points(space, host_attention, masks):
     return out
 
 
-def enumerate_space(space, family, encodings, host_attention=False, masks=False):
-    """Every point of ``space`` (for exhaustive checks of small spaces)."""
+def _second_points(space, second):
+    """The second-unit choices: ``[{}]`` (none) and, with ``second``, every ``encoding2``,
+    ``lanes2``, ``shift_inputs2``, ``depth_factor2`` and ``layers2``."""
+    import itertools
+    out = [{}]
+    for enc in (second or {}).get("encodings", ()):
+        sis = space.shift_inputs if enc.startswith("shift") else (None,)
+        for lanes, si, f, n in itertools.product(space.lanes2, sis, space.depth_factor,
+                                                 second["layers"]):
+            q = dict(encoding2=enc, lanes2=lanes, depth_factor2=f, layers2=n)
+            if si is not None:
+                q["shift_inputs2"] = si
+            out.append(q)
+    return out
+
+
+def enumerate_space(space, family, encodings, host_attention=False, masks=False, second=None):
+    """Every point of ``space`` (for exhaustive checks of small spaces); ``second``: the
+    second-unit choices as :func:`search` makes them (``{"encodings", "layers"}``)."""
     import itertools
     att = _attention_points(space, host_attention, masks)
+    extra = _second_points(space, second)
     for enc in encodings:
         sis = space.shift_inputs if enc.startswith("shift") else (1,)
-        for lanes, si, a, k, f, n, c in itertools.product(
-                space.lanes, sis, att, space.max_k, space.depth_factor, space.max_n,
+        for lanes, si, a, x, k, f, n, c in itertools.product(
+                space.lanes, sis, att, extra, space.max_k, space.depth_factor, space.max_n,
                 space.clocks[family]):
-            p = dict(encoding=enc, lanes=lanes, **a, max_k=k, depth_factor=f,
+            p = dict(encoding=enc, lanes=lanes, **a, **x, max_k=k, depth_factor=f,
                      max_n=n, clock=c)
             if enc.startswith("shift"):
                 p["shift_inputs"] = si
             yield p
 
 
-def neighbours(params, space, family, encodings, host_attention=False, masks=False):
+def neighbours(params, space, family, encodings, host_attention=False, masks=False,
+               second=None):
     """The points one step from ``params``: each ordered variable to the next value below and
     above in its tuple, the weight encoding to any other allowed one (products per lane
     added or dropped as the encoding needs), with ``masks`` the attention mode switched
     (softmax unit ↔ sparse-dense unit, at the fewest and at the middle of the other's lanes:
-    the fewest route at the highest clock); and each of those
+    the fewest route at the highest clock), with ``second`` (the second-unit choices) the
+    second unit dropped, or added (one layer, fewest and middle lanes) in each encoding, or
+    its encoding changed; and each of those
     combined with a step of the clock, which trades against everything else through the fmax
     model (more lanes at a lower clock, say)."""
     sparse = attention_mode(params) == "sparse_dense"
@@ -330,11 +436,16 @@ def neighbours(params, space, family, encodings, host_attention=False, masks=Fal
         choices["att_lanes"] = tuple(space.att_lanes) + ((0,) if host_attention else ())
     if params["encoding"].startswith("shift"):
         choices["shift_inputs"] = space.shift_inputs
+    if params.get("encoding2"):
+        choices.update(lanes2=space.lanes2, depth_factor2=space.depth_factor,
+                       layers2=tuple(second["layers"]) if second else ())
+        if params["encoding2"].startswith("shift"):
+            choices["shift_inputs2"] = space.shift_inputs
 
     def steps(p, names):
         for name in names:
             values = sorted(choices[name])
-            if p[name] not in values:
+            if p.get(name) not in values:
                 continue
             i = values.index(p[name])
             for j in (i - 1, i + 1):
@@ -356,6 +467,24 @@ def neighbours(params, space, family, encodings, host_attention=False, masks=Fal
             if enc.startswith("shift"):
                 q["shift_inputs"] = space.shift_inputs[0]
             singles.append(q)
+    if second:
+        bare = {k: v for k, v in params.items()
+                if k not in ("encoding2", "lanes2", "layers2", "shift_inputs2", "depth_factor2")}
+        if params.get("encoding2"):
+            singles.append(bare)
+        for enc in second["encodings"]:
+            if enc == params.get("encoding2"):
+                continue
+            shift = {"shift_inputs2": space.shift_inputs[0]} if enc.startswith("shift") else {}
+            if params.get("encoding2"):         # same lanes and layers, other encoding
+                singles.append(dict(bare, encoding2=enc, lanes2=params["lanes2"],
+                                    depth_factor2=params["depth_factor2"],
+                                    layers2=params["layers2"], **shift))
+            else:
+                for pick in (min, lambda t: sorted(t)[len(t) // 2]):
+                    singles.append(dict(bare, encoding2=enc, lanes2=pick(space.lanes2),
+                                        depth_factor2=min(space.depth_factor),
+                                        layers2=min(second["layers"]), **shift))
     yield from steps(params, ["clock"])
     for q in singles:
         yield q
@@ -422,13 +551,27 @@ def _pareto(cands):
     return front
 
 
+def _second_choices(space, sensitivity, family, model=None):
+    """The second-unit choices of a search (``{"encodings", "layers"}``: the space's
+    ``encodings2`` with a sensitivity entry, 1 to all layers), or ``None`` when the family's
+    calibration has no point with two linear units or nothing was measured."""
+    from .resources import _model
+    encs = [e for e in space.encodings2 if e in sensitivity]
+    if not encs or not (model or _model()).identifies(family, "linear2"):
+        return None
+    return {"encodings": encs, "layers": tuple(range(1, len(sensitivity[encs[0]]) + 1))}
+
+
 def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
            lut_margin=0.85, host_attention=False, space=None, seed=0, progress=None,
            model=None, accuracy=None, base=None, timeout=None, refine_starts=6, masks=None,
-           mask_penalty=0.0):
+           mask_penalty=0.0, sensitivity=None, second_unit=True):
     """Search the space for ``board``; returns a :class:`SearchResult`. With ``masks`` (a
     :class:`~amaformer.gen.latency.MaskSchedule`) the sparse-dense unit under them is an
-    attention choice too, its cosine the table's minus ``mask_penalty``.
+    attention choice too, its cosine the table's minus ``mask_penalty``. With
+    ``second_unit``, a second linear unit for some layers is a choice where the calibration
+    covers it on the board's family and ``sensitivity`` (default :func:`sensitivity_table`)
+    has the encoding.
 
     Optuna multi-objective TPE over (latency, logic) with the constraints of
     :func:`evaluate`, then a refinement from each of the ``refine_starts`` fastest feasible
@@ -453,6 +596,8 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
         raise Infeasible(infeasible_message([], min_cosine, board, acc))
     if fam == "ice40":
         space = replace(space, lanes=tuple(x for x in space.lanes if x <= 32))
+    sens = sensitivity if sensitivity is not None else sensitivity_table(model)
+    second = _second_choices(space, sens, fam, model) if second_unit else None
     cands = []
     seen = {}
 
@@ -463,12 +608,13 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
             seen[key] = evaluate(board, p, min_cosine=min_cosine, tokens=tokens,
                                  link_counts=link_counts, lut_margin=lut_margin, model=model,
                                  accuracy=acc, base=base, masks=masks,
-                                 mask_penalty=mask_penalty)
+                                 mask_penalty=mask_penalty, sensitivity=sens)
             cands.append(seen[key])
         return seen[key]
 
     def objective(trial):
-        c = score(_suggest(trial, space, fam, encodings, host_attention, masks is not None))
+        c = score(_suggest(trial, space, fam, encodings, host_attention, masks is not None,
+                           second))
         if c is None:
             for k in CONSTRAINTS:
                 trial.set_constraint(k, 1e9)
@@ -507,7 +653,7 @@ def search(board, *, min_cosine=0.99, trials=300, tokens=24, link_counts=False,
         while improved:
             improved = False
             for p in neighbours(cur.params, space, fam, encodings, host_attention,
-                                masks is not None):
+                                masks is not None, second):
                 c = score(p)
                 if c is not None and c.feasible and rank(c) < rank(cur):
                     cur, improved = c, True
@@ -562,9 +708,23 @@ def write_outputs(result, out_dir, *, board, min_cosine, tokens, link_counts,
                        file=masks.path, tokens=masks.tokens,
                        sparsity=round(masks.sparsity(), 4),
                        cosine_penalty=round(mask_penalty, 6),
-                       used=best.config.sparse_dense.enabled))
+                       used=best.config.sparse_dense.enabled),
+                   second_unit=_second_unit_summary(best))
     (out / "search.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def _second_unit_summary(best):
+    """``search.json``'s record of the chosen second linear unit (``None``: one unit): its
+    encoding, layers and their per-layer costs in the sensitivity table."""
+    l2 = best.config.linear2
+    if not l2.enabled:
+        return None
+    enc = best.params["encoding2"]
+    costs = sensitivity_table().get(enc, ())
+    return dict(encoding=enc, lanes=l2.lanes, layers=list(l2.layers),
+                layer_costs={str(i): costs[i] for i in l2.layers if i < len(costs)},
+                all_layer_costs=list(costs))
 
 
 def _plot(result, path, board):

@@ -105,16 +105,19 @@ def distinct_front(candidates, k):
 
 def accuracy_key(config):
     """What the compiled program's numerics depend on: the weight encoding, the K chunk (the
-    linear unit's ``max_k``), the softmax format and, under masks, the sparse-dense unit's
+    linear unit's ``max_k``), a second linear unit's encoding (with its α group) and layers,
+    the softmax format and, under masks, the sparse-dense unit's
     lane split (its partial states are merged per segment, which rounds differently from a
     key-by-key fold by up to an output LSB); linear lanes, depths and clock change only
     speed (the linear and softmax golden models are lane-independent)."""
     from .attention import SoftmaxFormat
     from .search import encoding_key
-    sd = config.sparse_dense
+    sd, l2 = config.sparse_dense, config.linear2
     split = (sd.dense_lanes, sd.sparse_lanes) if sd.enabled else None
+    second = (encoding_key(l2), l2.bcq_group, l2.layers) if l2.enabled else None
     return (encoding_key(config.linear), config.linear.max_k,
-            repr(SoftmaxFormat.from_config(sd if sd.enabled else config.attention)), split)
+            repr(SoftmaxFormat.from_config(sd if sd.enabled else config.attention)), split,
+            second)
 
 
 def verify_front(candidates, floor, *, keys=3, batch=2, sentences=12, scheduler=None,

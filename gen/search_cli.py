@@ -164,6 +164,7 @@ def run_search(args, log=print):
                          tokens=args.tokens, link_counts=args.link_counts,
                          lut_margin=args.lut_margin, host_attention=args.host_attention,
                          seed=args.seed, masks=masks, mask_penalty=penalty,
+                         second_unit=not getattr(args, "one_linear_unit", False),
                          progress=lambda done, total: bar.update(task, completed=done))
         except Infeasible as e:
             print(f"amaformer: infeasible: {e}", file=sys.stderr)
@@ -241,6 +242,9 @@ def register(subcommand, arg, usage_error):
             help="allow designs without an attention unit (attention on the host; the "
                  "whole-model program needs one, `run --layer minilm` does not)"),
         arg("--seed", type=int, default=0, help="sampler seed (default 0)"),
+        arg("--one-linear-unit", action="store_true",
+            help="no second linear unit (by default the search may add one with a "
+                 "multiplier-free encoding for the layers that lose least cosine in it)"),
         arg("--masks", metavar="M.npz", default=None,
             help="fixed attention masks (amaformer masks): the sparse-dense unit under them "
                  "becomes an attention choice, its dense/sparse lane split a variable, its "
@@ -258,7 +262,8 @@ def register(subcommand, arg, usage_error):
         arg("--scheduler", default=None, metavar="tcp://HOST:PORT",
             help="Dask scheduler for the --verify accuracy runs and --validate builds "
                  "(default: a local cluster on this machine's cores)"),
-        description="Search weight encoding and bits, linear lanes, the attention mode "
+        description="Search weight encoding and bits, linear lanes, a second linear unit "
+                    "for some layers (its encoding, lanes and layers), the attention mode "
                     "(softmax unit and its lanes; with --masks the sparse-dense unit and its "
                     "lane split), memory "
                     "depths and clock for the lowest whole-model latency (the units' exact "

@@ -2,8 +2,12 @@
 """Benchmark of the design-space search (issue 14): estimator error on held-out builds, the
 latency composition against the exact cycle models (softmax unit, and the sparse-dense unit
 against the compiler's ``program_cycles``), the search's gap to the exhaustive optimum of a
-small space and its wall time, the searched configurations against the defaults, and the
-attention mode under all-MiniLM-L6-v2's 50 % calibration masks (``masked``).
+small space and its wall time, the searched configurations against the defaults, the
+attention mode under all-MiniLM-L6-v2's 50 % calibration masks (``masked``), and weight
+encoding per layer (``mixed``: a second linear unit, per accuracy floor, with the mixed
+program's cosine measured on the compiler's path against the sensitivity table's estimate; the
+gap to the optimum of a small space with second-unit choices; the two-unit composition against
+``program_cycles``).
 
 The resource model is refitted on the calibration set only (``"calib"`` points of
 ``gen/calibration.json``) and scored on the ``"heldout"`` points, which were built by
@@ -13,7 +17,8 @@ Usage::
 
     python scripts/bench_search.py --json OUT.json [--trials 300] [--skip gap,searched]
 
-``--skip`` leaves out parts (``estimator``, ``cycles``, ``gap``, ``searched``, ``masked``): the
+``--skip`` leaves out parts (``estimator``, ``cycles``, ``gap``, ``searched``, ``masked``,
+``mixed``): the
 estimator takes seconds, the cycle check half a minute, the gap, the searched configurations and
 the masked search a few minutes of CPU each.
 """
@@ -194,7 +199,7 @@ def gap(log, trials):
             best = c
     t_enum = time.monotonic() - t0
     t0, c0 = time.monotonic(), time.process_time()
-    res = search("ulx3s-85f", trials=trials, space=space, accuracy=acc)
+    res = search("ulx3s-85f", trials=trials, space=space, accuracy=acc, second_unit=False)
     wall, cpu = time.monotonic() - t0, time.process_time() - c0
     g = res.best.objective_s / best.objective_s - 1
     log(f"  small space: {n} points, exhaustive optimum {best.objective_s * 1e3:.3f} ms "
@@ -203,6 +208,111 @@ def gap(log, trials):
     return dict(space_points=n, optimum_ms=best.objective_s * 1e3,
                 search_ms=res.best.objective_s * 1e3, gap=g, trials=trials,
                 search_wall_s=wall, search_cpu_s=cpu, enumerate_s=t_enum)
+
+
+#: A small space with second-unit choices (the first unit's lanes, attention lanes, clock,
+#: and every second-unit encoding, lanes, products per lane, depth and layer count); the
+#: first unit is small enough (at most 24 int8 lanes) that a second unit pays.
+SMALL_MIXED = dict(encodings=("mul8",), lanes=(8, 16, 24), att_lanes=(2, 4), max_k=(512,),
+                   depth_factor=(1, 2), max_n=(512,), encodings2=("shift7", "bcq4"),
+                   lanes2=(16, 32, 64), shift_inputs=(1, 2, 4))
+
+
+def _against_one_unit(log, label, floor, trials, **kw):
+    """The search with a second linear unit against the one without at ``floor`` (keyword
+    arguments to both), the chosen candidate's cosine measured on the compiler's path (its
+    mixed program, 12 sentences) against the sensitivity table's estimate."""
+    from amaformer.gen.search import search
+    from amaformer.gen.search_accuracy import check_for, verify_front
+    one = search("ulx3s-85f", trials=trials, min_cosine=floor, second_unit=False, **kw).best
+    res = search("ulx3s-85f", trials=trials, min_cosine=floor, **kw)
+    best, pairs, reason = verify_front(res.candidates, floor, keys=3, sentences=12)
+    row = dict(one_unit=one.row(), reason=reason)
+    if best is None:
+        log(f"  {label}, floor {floor}: nothing meets it: {reason}")
+        return row
+    chk = check_for(best, pairs)
+    row.update(best=best.row(), cosine_estimated=best.cosine, cosine_measured=chk.cosine_min,
+               speedup_vs_one_unit=one.objective_s / best.objective_s,
+               checks=[dict(candidate=c.row(), **k.to_dict()) for c, k in pairs])
+    log(f"  {label}, floor {floor}: {best.describe()}, {best.objective_s * 1e3:.2f} ms at "
+        f"{best.clock_mhz:.1f} MHz, cosine estimated {best.cosine:.5f} measured "
+        f"{chk.cosine_min:.5f}; one unit {one.objective_s * 1e3:.2f} ms "
+        f"({row['speedup_vs_one_unit']:.3f}x)")
+    return row
+
+
+def mixed(log, trials, floors=(0.99, 0.985, 0.98)):
+    """Weight encoding per layer on the ULX3S-85F: per floor, the search with a second linear
+    unit against the one without (:func:`_against_one_unit`), over the whole space and with
+    the first unit held at 16 int8 lanes and 40 MHz; the gap to the exhaustive optimum of
+    :data:`SMALL_MIXED` at 0.985; and the composed latency of two-unit configurations against
+    the compiler's ``program_cycles``."""
+    from amaformer.gen.search import (SearchSpace, _second_choices, enumerate_space, evaluate,
+                                      search, sensitivity_table)
+    out = dict(floors={str(f): _against_one_unit(log, "ULX3S-85F", f, trials)
+                       for f in floors})
+    # the first unit held at 16 int8 lanes and 40 MHz (what the ULX3S-25F's 28 DSPs allow):
+    # what the second unit buys when the clock and the DSPs are not what binds
+    fixed = SearchSpace(encodings=("mul8",), lanes=(16,), att_lanes=(4,), max_k=(512,),
+                        depth_factor=(2,), max_n=(512,), clocks={"ecp5": (40.0,),
+                                                                 "ice40": (24.0,)})
+    out["fixed_first_unit"] = {str(f): _against_one_unit(
+        log, "first unit fixed (mul8 16 lanes, 40 MHz)", f, trials, space=fixed)
+        for f in (0.99, 0.98)}
+    # gap on a small space with second-unit choices
+    space = SearchSpace(**SMALL_MIXED, clocks={"ecp5": (40.0, 50.0), "ice40": (24.0,)})
+    sens, acc, floor = sensitivity_table(), {"mul8": 0.99802}, 0.985
+    second = _second_choices(space, sens, "ecp5")
+    t0, n, best = time.monotonic(), 0, None
+    for p in enumerate_space(space, "ecp5", ["mul8"], second=second):
+        c = evaluate("ulx3s-85f", p, accuracy=acc, min_cosine=floor, sensitivity=sens)
+        n += 1
+        if c is not None and c.feasible and (best is None or c.objective_s < best.objective_s):
+            best = c
+    t_enum = time.monotonic() - t0
+    t0 = time.monotonic()
+    res = search("ulx3s-85f", trials=min(trials, 150), space=space, accuracy=acc,
+                 min_cosine=floor, sensitivity=sens)
+    wall = time.monotonic() - t0
+    g = res.best.objective_s / best.objective_s - 1
+    out["gap"] = dict(space_points=n, optimum_ms=best.objective_s * 1e3,
+                      optimum=best.describe(), search_ms=res.best.objective_s * 1e3,
+                      search=res.best.describe(), gap=g, search_wall_s=wall,
+                      enumerate_s=t_enum, floor=floor)
+    log(f"  small space with a second unit ({n} points, floor {floor}): optimum "
+        f"{best.objective_s * 1e3:.3f} ms ({best.describe()}), search "
+        f"{res.best.objective_s * 1e3:.3f} ms in {wall:.1f} s: gap {100 * g:.2f} %")
+    out["cycle_err_max"] = _mixed_cycles(log, sens)
+    return out
+
+
+def _mixed_cycles(log, sens):
+    """The search's two-unit latency against ``program_cycles`` of all-MiniLM-L6-v2 compiled
+    for the same configuration (max relative error over a few configurations and lengths)."""
+    from amaformer.gen.latency import model_latency
+    from amaformer.gen.model.minilm import load_minilm, load_sentences
+    from amaformer.gen.program import compile_program, program_cycles
+    from amaformer.gen.search import make_config
+    from amaformer.hdl.top import DEFAULT_ACT_DEPTH, DEFAULT_OUT_DEPTH
+    lm = load_minilm()
+    calib, _ = load_sentences()
+    ids = [lm.ids(s) for s in calib[:4]]
+    base = dict(encoding="mul8", lanes=48, att_lanes=8, max_k=512, depth_factor=1, max_n=512,
+                clock=40.0)
+    worst = 0.0
+    for extra in (dict(encoding2="shift7", lanes2=64, shift_inputs2=4, layers2=2),
+                  dict(encoding2="bcq4", lanes2=16, layers2=4),
+                  dict(encoding2="shift4", lanes2=24, shift_inputs2=1, layers2=6)):
+        cfg = make_config("ulx3s-85f", dict(base, **extra), sensitivity=sens)
+        program = compile_program(lm.model, cfg, ids)
+        for tokens in (7, 24, 61):
+            exact = sum(ly["linear"] + ly["attention"] for ly in program_cycles(
+                program, [tokens], act_depth=DEFAULT_ACT_DEPTH, out_depth=DEFAULT_OUT_DEPTH))
+            got = model_latency(cfg, tokens).cycles
+            worst = max(worst, abs(got - exact) / exact)
+    log(f"  two-unit composition vs program_cycles: max relative error {worst}")
+    return worst
 
 
 def searched(log, trials, verify=True):
@@ -264,7 +374,8 @@ def main(argv=None):
     ap.add_argument("--skip", default="",
                     help="comma-separated parts to leave out: estimator, cycles, gap, searched, "
                          "verify (the searched configurations' measured accuracy), masked "
-                         "(the search with all-MiniLM-L6-v2's calibration masks)")
+                         "(the search with all-MiniLM-L6-v2's calibration masks), mixed "
+                         "(weight encoding per layer: a second linear unit)")
     args = ap.parse_args(argv)
     skip = {s for s in args.skip.split(",") if s}
     log = lambda s: print(s, flush=True)          # noqa: E731
@@ -291,6 +402,9 @@ def main(argv=None):
     if "masked" not in skip:
         log("attention under fixed masks (sparse-dense unit):")
         res["masked"] = masked(log, args.trials)
+    if "mixed" not in skip:
+        log("weight encoding per layer (a second linear unit):")
+        res["mixed"] = mixed(log, args.trials)
     with open(args.json, "w") as f:
         json.dump(res, f, indent=1, default=str)
         f.write("\n")

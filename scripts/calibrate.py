@@ -15,13 +15,15 @@ options and memory audit as ``amaformer build``), in parallel on Dask
 Results are appended to ``--points`` (JSON lines; a rerun skips points already there), and
 ``--write`` composes ``gen/calibration.json`` (shipped with the package) from them, with the
 accuracy table (``--accuracy``: whole-model cosines of all-MiniLM-L6-v2 on the device-exact
-path, per weight encoding, with the compiler's numerics).
+path, per weight encoding, with the compiler's numerics) and the per-layer sensitivity table
+(``--sensitivity``: the cosine with one encoder layer in a second unit's encoding).
 
 Usage::
 
     python scripts/calibrate.py --set calib --points build/calib/points.jsonl
     python scripts/calibrate.py --set heldout --points build/calib/points.jsonl
     python scripts/calibrate.py --accuracy --points build/calib/points.jsonl
+    python scripts/calibrate.py --sensitivity --points build/calib/points.jsonl
     python scripts/calibrate.py --write gen/calibration.json --points build/calib/points.jsonl
 """
 
@@ -42,9 +44,10 @@ GRID_CLOCK = {"ice40": 30.0, "ecp5": 50.0}
 ATT = dict(mode="softmax", enabled=True)
 
 
-def _p(name, board, lin=None, att=None, pnr=False, clock=None, which="calib", sd=None):
+def _p(name, board, lin=None, att=None, pnr=False, clock=None, which="calib", sd=None,
+       lin2=None):
     return dict(name=name, board=board, linear=lin or {}, attention=att, pnr=pnr, clock=clock,
-                set=which, sparse_dense=sd)
+                set=which, sparse_dense=sd, linear2=lin2)
 
 
 def _sd(dense_lanes, sparse_lanes, dense_depth, sparse_depth):
@@ -93,6 +96,11 @@ POINTS = [
     _p("e-l64sd1x1", "ulx3s-85f", dict(mode="mul", lanes=64), sd=_sd(1, 1, 4307, 8192),
        pnr=True),
     _p("e-shift16sd2x2", "ulx3s-85f", dict(mode="shift", lanes=16), sd=_sd(2, 2, 2150, 4096)),
+    # ULX3S-85F: two linear units (mixed precision per layer) + softmax attention unit
+    _p("e-l32+s16g2a4", "ulx3s-85f", dict(mode="mul", lanes=32),
+       ATT, lin2=dict(mode="shift", lanes=16, shift_inputs=2), pnr=True),
+    _p("e-l16+b16q3a4", "ulx3s-85f", dict(mode="mul", lanes=16),
+       ATT, lin2=dict(mode="bcq", lanes=16, bcq_bits=3, bcq_group=128)),
     # held out (never used to fit; scripts/bench_search.py measures the estimator on them)
     _p("h-i-mul6", "icebreaker", dict(mode="mul", lanes=6), pnr=True, which="heldout"),
     _p("h-i-mul3", "icebreaker", dict(mode="mul", lanes=3), which="heldout"),
@@ -146,6 +154,8 @@ POINTS = [
        which="heldout"),
     _p("h-e-l32w6sd2x4", "ulx3s-85f", dict(mode="mul", lanes=32, weight_bits=6),
        sd=_sd(2, 4, 1335, 2048), pnr=True, which="heldout"),
+    _p("h-e-l48+s32l4a8", "ulx3s-85f", dict(mode="mul", lanes=48), dict(ATT, lanes=8),
+       lin2=dict(mode="shift", lanes=32, shift_levels=4), pnr=True, which="heldout"),
 ]
 
 #: Interleave the two families so that two workers keep both busy, and the slow ECP5 points do
@@ -164,10 +174,12 @@ def point_config(point):
     board = get_board(point["board"])
     att = AttentionConfig(**point["attention"]) if point["attention"] else AttentionConfig()
     sd = SparseDenseConfig(**(point.get("sparse_dense") or {}))
+    lin2 = (LinearConfig(**point["linear2"]) if point.get("linear2")
+            else LinearConfig(enabled=False))
     return AcceleratorConfig(name="amaformer", board=point["board"],
                              clock_mhz=point.get("clock") or GRID_CLOCK[board.family],
                              linear=LinearConfig(**point["linear"]), attention=att,
-                             sparse_dense=sd)
+                             sparse_dense=sd, linear2=lin2)
 
 
 # --- one point ----------------------------------------------------------------------------------
@@ -318,6 +330,54 @@ def accuracy(n_sentences=12, keys=None, log=print, cache_dir="out/study_cache", 
     return out
 
 
+#: Encodings of a second linear unit whose per-layer cost the search needs (key, mode, bits):
+#: the multiplier-free ones (``bcq`` with α per 128 inputs, ``gen.model.exact.Encoding``'s
+#: default group, which the search's bcq units use).
+SENSITIVITY_ENCODINGS = [("shift7", "shift", 7), ("shift4", "shift", 4), ("bcq4", "bcq", 4),
+                         ("bcq3", "bcq", 3), ("bcq2", "bcq", 2)]
+
+
+def sensitivity(n_sentences=12, keys=None, log=print, base=("mul", 8)):
+    """Per-layer sensitivity of all-MiniLM-L6-v2 to a second unit's encoding: for each encoding
+    and each encoder layer, the whole-model cosine on the device-exact path with that layer's
+    six linear ops in the encoding and every other layer in ``base`` (int8), with the
+    compiler's numerics (``DEFAULT_NUMERICS``, K chunks of 512). Returns ``{key: {mode, bits,
+    group, base_cosine_min, layers: [{cosine_min, cosine_mean}, ...], sentences, seconds}}``;
+    the search reads ``base_cosine_min - layers[i].cosine_min`` as layer ``i``'s cost."""
+    import torch
+
+    from amaformer.gen.model import capture, load_minilm, load_sentences
+    from amaformer.gen.model.exact import Encoding, calibrate, evaluate, reference
+    from amaformer.gen.program import DEFAULT_NUMERICS
+    torch.manual_seed(0)
+    lm = load_minilm()
+    graph = capture(lm.model)
+    calib, held = load_sentences()
+    cal = calibrate(graph, [lm.ids(s) for s in calib])
+    ids = [lm.ids(s) for s in held[:n_sentences]]
+    refs = [reference(graph, i) for i in ids]
+    num = replace(DEFAULT_NUMERICS, k_chunk=512)
+    mul = Encoding(*base)
+    base_res = evaluate(cal, ids, num, mul, refs=refs).to_dict()
+    log(f"  base {base[0]}{base[1]}: min {base_res['cosine_min']:.5f}")
+    out = {}
+    for key, mode, bits in SENSITIVITY_ENCODINGS:
+        if keys and key not in keys:
+            continue
+        enc, t0, layers = Encoding(mode, bits), time.monotonic(), []
+        for layer in range(len(graph.layers)):
+            res = evaluate(cal, ids, num, lambda op: enc if op.layer == layer else mul,
+                           refs=refs).to_dict()
+            layers.append(dict(cosine_min=round(res["cosine_min"], 6),
+                               cosine_mean=round(res["cosine_mean"], 6)))
+            log(f"  {key} layer {layer}: min {res['cosine_min']:.5f} "
+                f"(cost {base_res['cosine_min'] - res['cosine_min']:.5f})")
+        out[key] = dict(mode=mode, bits=bits, group=enc.group if mode == "bcq" else None,
+                        base_cosine_min=round(base_res["cosine_min"], 6), layers=layers,
+                        sentences=len(ids), seconds=round(time.monotonic() - t0, 1))
+    return out
+
+
 # --- main ---------------------------------------------------------------------------------------
 
 def load_points(path):
@@ -343,7 +403,10 @@ def main(argv=None):
     ap.add_argument("--accuracy", action="store_true",
                     help="measure the per-encoding whole-model cosines (minutes of CPU)")
     ap.add_argument("--sentences", type=int, default=12)
-    ap.add_argument("--encodings", default=None, help="--accuracy: comma-separated keys")
+    ap.add_argument("--sensitivity", action="store_true",
+                    help="measure the per-layer cosine cost of a second unit's encodings")
+    ap.add_argument("--encodings", default=None,
+                    help="--accuracy, --sensitivity: comma-separated keys")
     ap.add_argument("--k-chunks", default="512",
                     help="--accuracy: comma-separated K chunks (max_k) to measure each "
                          "encoding at (default 512)")
@@ -400,6 +463,11 @@ def main(argv=None):
             f.write(json.dumps({"kind": "accuracy", "encodings": acc,
                                 "numerics": "gen.program.DEFAULT_NUMERICS, k_chunk per key"})
                     + "\n")
+    if args.sensitivity:
+        sens = sensitivity(args.sentences,
+                           keys=args.encodings.split(",") if args.encodings else None)
+        with open(points_path, "a") as f:
+            f.write(json.dumps({"kind": "sensitivity", "encodings": sens}) + "\n")
     if args.write:
         write_calibration(load_points(points_path), args.write)
     return 0
@@ -451,10 +519,12 @@ def write_calibration(records, path):
             if old is None or (r.get("placed") and not old.get("placed")):
                 by_name[r["name"]] = r
     points = list(by_name.values())
-    acc = {}
+    acc, sens = {}, {}
     for r in records:
         if r.get("kind") == "accuracy":
             acc.update(r["encodings"])
+        elif r.get("kind") == "sensitivity":
+            sens.update(r["encodings"])
     keep = ("name", "board", "family", "set", "config", "clock_mhz", "cells", "memories",
             "placed", "error")
     data = {
@@ -467,6 +537,7 @@ def write_calibration(records, path):
                  "12 held-out sentences). Read by amaformer.gen.resources.",
         "points": [{k: r[k] for k in keep if k in r} for r in points],
         "accuracy": acc,
+        "sensitivity": sens,
         "softmax_offsets": softmax_offsets(),
     }
     Path(path).write_text(json.dumps(data, indent=1) + "\n")

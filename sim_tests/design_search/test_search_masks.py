@@ -104,12 +104,14 @@ FIXED = S.SearchSpace(encodings=("mul8",), lanes=(64,), max_k=(512,), depth_fact
 
 
 def _search(masks, penalty, floor=0.99, **kw):
+    """The search over FIXED with one linear unit (the attention choice alone)."""
     return S.search("ulx3s-85f", trials=80, accuracy=ACC, min_cosine=floor, masks=masks,
-                    mask_penalty=penalty, space=FIXED, **kw)
+                    mask_penalty=penalty, space=FIXED, second_unit=False, **kw)
 
 
 def test_search_chooses_the_sparse_dense_unit_when_it_pays(masks):
-    dense = S.search("ulx3s-85f", trials=40, accuracy=ACC, min_cosine=0.99, space=FIXED)
+    dense = S.search("ulx3s-85f", trials=40, accuracy=ACC, min_cosine=0.99, space=FIXED,
+                     second_unit=False)
     res = _search(masks, 0.0)
     b = res.best
     assert S.attention_mode(b.params) == "sparse_dense" and b.feasible
@@ -133,7 +135,7 @@ def test_the_sparse_dense_unit_costs_fmax(masks, model):
     """The fmax model has terms for each attention unit, fitted on placed points: with the
     sparse-dense unit's lanes the estimate falls (44.7, 39.6 and 35.3 MHz placed with 2, 4
     and 6 lanes), below the softmax unit's."""
-    icpt, slope, (att_step, sd_step, sd_lane), margin = model.fmax_fit["ecp5"]
+    icpt, slope, (att_step, sd_step, sd_lane, _), margin = model.fmax_fit["ecp5"]
     assert att_step < 0 and sd_step + 4 * sd_lane < att_step
     p = dict(encoding="mul8", lanes=64, att_lanes=8, max_k=512, depth_factor=1, max_n=512,
              clock=35.0)
@@ -144,12 +146,16 @@ def test_the_sparse_dense_unit_costs_fmax(masks, model):
 
 
 def test_sentences_longer_than_the_masks_rule_the_unit_out():
+    # at 16 tokens and up to 8 softmax lanes the sparse-dense unit is the faster choice (16
+    # softmax lanes tie with it within 0.3 %, on the fmax model's edge at 35 MHz)
+    from dataclasses import replace
+    space = replace(FIXED, att_lanes=(1, 2, 4, 8))
     short = MaskSchedule(_keep(n=16))
     res = S.search("ulx3s-85f", trials=60, accuracy=ACC, min_cosine=0.99, masks=short,
-                   tokens=16, mask_penalty=0.0, space=FIXED)
+                   tokens=16, mask_penalty=0.0, space=space, second_unit=False)
     assert S.attention_mode(res.best.params) == "sparse_dense"
     res = S.search("ulx3s-85f", trials=60, accuracy=ACC, min_cosine=0.99, masks=short,
-                   tokens=20, mask_penalty=0.0, space=FIXED)
+                   tokens=20, mask_penalty=0.0, space=space, second_unit=False)
     assert S.attention_mode(res.best.params) == "softmax"
     assert not any(c is not None and S.attention_mode(c.params) == "sparse_dense"
                    for c in res.candidates)         # no schedule: sentences beyond the masks
