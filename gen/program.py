@@ -99,10 +99,10 @@ class ProgramError(ValueError):
 @dataclass(frozen=True)
 class Step:
     """One entry of the schedule: ``where`` is ``"linear"``, ``"linear2"`` (the second linear
-    unit), ``"attention"``, ``"sparse_dense"`` (device units) or ``"host"``; ``op`` the operation's name
-    (``layer3.ffn_in``, ``layer3.attention``, ``layer3.activation``); ``macs`` per token
-    (attention: for one token of context); ``module`` the linear op's module path (its key in
-    ``Program.compiled.ops``)."""
+    unit), ``"attention"``, ``"sparse_dense"`` (device units) or ``"host"``; ``op`` the
+    operation's name (``layer3.ffn_in``, ``layer3.attention``, ``layer3.activation``); ``macs``
+    per token (attention: for one token of context); ``module`` the linear op's module path
+    (its key in ``Program.compiled.ops``); ``unit`` the linear unit of a linear op."""
     layer: int
     op: str
     where: str

@@ -7,11 +7,12 @@ unit as the program compiled them (its weight and parameter memory images and it
 descriptors with allocated addresses, :meth:`~amaformer.gen.program.Program.linear_tiles` and
 :meth:`~amaformer.gen.program.Program.linear_jobs`, run by ``dev.unit("linear", i).run_jobs``
 on the op's unit ``i`` (:meth:`~amaformer.gen.program.Program.linear_unit`: the second linear
-unit for the layers in ``[linear2] layers``); only the activations are packed here) and each attention to the attention unit at the
-program's addresses (:meth:`~amaformer.gen.program.Program.attention_layout`), or, for a
-program compiled with fixed masks, to the
-sparse-dense unit (``dev.unit("sparse_dense").attention`` under the layer's masks cropped to the
-sentence, :meth:`~amaformer.gen.program.Program.layer_masks`). So a run on a correct device
+unit for the layers in ``[linear2] layers``); only the activations are packed here) and each
+attention to the attention unit at the program's addresses
+(:meth:`~amaformer.gen.program.Program.attention_layout`), or, for a program compiled with
+fixed masks, to the sparse-dense unit (``dev.unit("sparse_dense").attention`` under the
+layer's masks cropped to the sentence, :meth:`~amaformer.gen.program.Program.layer_masks`).
+So a run on a correct device
 returns exactly what the golden path computes, bit for bit, and :func:`run_program` can be
 checked against it.
 
